@@ -1,0 +1,23 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# torch is pinned in the same pip command as everything else, so a CPU machine gets the
+# CPU build of torch (lm-eval alone would pull a CUDA build). GPU users: see README.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+$(BIN)/surgery: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)" -e ".[eval,test,demo]"
+	touch $@
+
+.PHONY: install test demo
+install: $(BIN)/surgery
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python scripts/demo_data.py
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/surgery run recipes/tiny.boom

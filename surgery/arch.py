@@ -1,0 +1,110 @@
+"""The architecture registry: each family's layer layout, read from `architectures/*.yaml`.
+
+Knowledge of a family is data, not code: where its layers live in the state dict, which
+tensors travel with the first block (embeddings) and with the last (final norm, head),
+whether the head may be tied, the config key for depth, and the per-layer config lists.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from surgery.errors import SurgeryError
+
+REGISTRY_DIR = Path(__file__).resolve().parent / "architectures"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    model_types: tuple[str, ...]
+    layers: str  # state-dict prefix of layer i, with `{i}`
+    depth: str  # config key holding the number of layers
+    embeddings: tuple[str, ...]  # prefixes that come from the model supplying the first block
+    final: tuple[str, ...]  # prefixes that come from the model supplying the last block
+    embedding_weight: str
+    head_weight: str
+    head_aliases: tuple[str, ...]
+    tie: str  # config key that says the head is tied to the embeddings
+    per_layer: tuple[str, ...]  # config lists with one entry per layer
+
+    def layer_prefix(self, i: int) -> str:
+        return self.layers.format(i=i)
+
+    @property
+    def _layer_re(self) -> re.Pattern:
+        head, tail = self.layers.split("{i}")
+        return re.compile(re.escape(head) + r"(\d+)" + re.escape(tail))
+
+    def layer_of(self, tensor: str) -> int | None:
+        """The layer index a tensor belongs to, or None for embeddings and final tensors."""
+        m = self._layer_re.match(tensor)
+        return int(m.group(1)) if m else None
+
+    def rename_layer(self, tensor: str, new_index: int) -> str:
+        """`model.layers.7.mlp.up_proj.weight` renumbered to layer `new_index`."""
+        return self._layer_re.sub(self.layer_prefix(new_index), tensor, count=1)
+
+    def part_of(self, tensor: str) -> str:
+        """'layer', 'embeddings' or 'final' for a tensor name; raises for one it cannot place."""
+        if self.layer_of(tensor) is not None:
+            return "layer"
+        if any(tensor.startswith(p) for p in self.embeddings):
+            return "embeddings"
+        if any(tensor.startswith(p) for p in self.final):
+            return "final"
+        raise SurgeryError(
+            f"tensor `{tensor}` is not part of the known {self.name} layout",
+            hint=f"the {self.name} entry in surgery/architectures/ lists the prefixes it knows",
+        )
+
+    def depth_of(self, config: dict) -> int:
+        return int(config[self.depth])
+
+    def is_tied(self, config: dict) -> bool:
+        return bool(config.get(self.tie, _TIE_DEFAULTS.get(self.name, False)))
+
+
+# What transformers assumes when a config omits the tie key.
+_TIE_DEFAULTS = {"gpt2": True, "gemma": True}
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, Architecture]:
+    """model_type -> Architecture, for every entry in the registry folder."""
+    out: dict[str, Architecture] = {}
+    for path in sorted(REGISTRY_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        arch = Architecture(
+            name=raw["name"],
+            model_types=tuple(raw["model_types"]),
+            layers=raw["layers"],
+            depth=raw["depth"],
+            embeddings=tuple(raw["embeddings"]),
+            final=tuple(raw["final"]),
+            embedding_weight=raw["embedding_weight"],
+            head_weight=raw["head_weight"],
+            head_aliases=tuple(raw.get("head_aliases", ())),
+            tie=raw["tie"],
+            per_layer=tuple(raw.get("per_layer", ())),
+        )
+        for model_type in arch.model_types:
+            out[model_type] = arch
+    return out
+
+
+def for_config(config: dict, where: str = "the teacher config") -> Architecture:
+    """The architecture of a config.json dict, or a SurgeryError listing the known ones."""
+    model_type = config.get("model_type")
+    known = registry()
+    if model_type in known:
+        return known[model_type]
+    raise SurgeryError(
+        f"{where} has model_type `{model_type}`, which has no known layer layout",
+        hint=f"known: {', '.join(sorted(known))}; add a YAML entry in surgery/architectures/",
+    )

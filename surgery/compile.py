@@ -1,0 +1,118 @@
+"""Compile a recipe against its teacher's config into a layer graph and a patch schedule.
+
+Needs `config.json` only: a directory holding nothing else is enough. Every check that can
+fail on user input happens here, before anything is downloaded or loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from surgery import arch as arch_registry
+from surgery import layout, schedule, source
+from surgery.errors import SurgeryError
+from surgery.graph import LayerGraph
+from surgery.recipe.ast import Recipe
+from surgery.recipe.parse import load
+from surgery.recipe.units import format_count
+
+PLACEHOLDERS = ("layers", "params", "patched")
+
+
+@dataclass(frozen=True)
+class Compiled:
+    recipe: Recipe
+    teacher: source.ModelSource
+    graph: LayerGraph
+    steps: tuple[schedule.Step, ...]
+
+    @property
+    def student_dir(self) -> Path:
+        return self.recipe.resolve(self.recipe.student.path)
+
+    @property
+    def emit_dtype(self) -> str:
+        return self.recipe.emit.dtype if self.recipe.emit else self.recipe.teacher.dtype
+
+    def emit_dir(self, assembly) -> Path:
+        """Where the emit template puts a model."""
+        template = self.recipe.emit.template
+        params = format_count(self.graph.size(assembly).params) if "{params}" in template else ""
+        name = template.format(
+            layers=assembly.depth, params=params,
+            patched="none" if not assembly.patched else "-".join(f"s{i}" for i in sorted(assembly.patched)),
+        )
+        return self.recipe.resolve(name)
+
+
+def compile_recipe(recipe: Recipe) -> Compiled:
+    """Resolve the teacher config, build the layer graph and resolve the schedule."""
+    file = recipe.path
+    teacher = source.resolve(recipe.teacher.source, base=file.parent, revision=recipe.teacher.revision,
+                             file=file, pos=recipe.teacher.pos)
+    config = teacher.config
+    _check_remote_code(recipe, config)
+    try:
+        arch = arch_registry.for_config(config)
+        n_teacher = arch.depth_of(config)
+    except SurgeryError as err:
+        raise SurgeryError(err.message, file=file, pos=recipe.teacher.pos, hint=err.hint) from None
+    except (KeyError, TypeError, ValueError):
+        raise SurgeryError(f"the teacher config has no usable `{arch.depth}`", file=file, pos=recipe.teacher.pos,
+                           hint="is config.json complete?") from None
+    blocks = layout.blocks(recipe.student.layers, n_teacher)
+    graph = LayerGraph(arch, config, blocks)
+    compiled_dtype = recipe.emit.dtype if recipe.emit else recipe.teacher.dtype
+    compiled = Compiled(recipe, teacher, graph, schedule.resolve(graph, recipe.patch, compiled_dtype))
+    _check_paths(compiled)
+    return compiled
+
+
+def compile_file(path: str | Path) -> Compiled:
+    """Load and compile a recipe file; every error is located in that file."""
+    path = Path(path)
+    recipe = load(path)
+    try:
+        return compile_recipe(recipe)
+    except SurgeryError as err:
+        if err.file is not None:
+            raise
+        raise err.located(path, path.read_text(encoding="utf-8")) from None
+
+
+def _check_remote_code(recipe: Recipe, config: dict) -> None:
+    if config.get("model_type") in arch_registry.registry():
+        return
+    if "auto_map" in config and not recipe.teacher.trust_remote_code:
+        raise SurgeryError(f"the teacher's `{config.get('model_type')}` architecture runs code from its repository",
+                           pos=recipe.teacher.pos,
+                           hint="read that code, then add `trust_remote_code yes` to the teacher block")
+
+
+def _check_paths(compiled: Compiled) -> None:
+    recipe, teacher = compiled.recipe, compiled.teacher
+    teacher_dir = teacher.directory.resolve() if teacher.directory else None
+    if teacher_dir is not None and compiled.student_dir == teacher_dir:
+        raise SurgeryError("the student directory is the teacher's directory", pos=recipe.student.pos,
+                           hint="write the student somewhere else, e.g. runs/NAME/student")
+    emit = recipe.emit
+    if emit is None:
+        return
+    fields = set(re.findall(r"{(\w*)}", emit.template))
+    unknown = fields - set(PLACEHOLDERS)
+    if unknown:
+        raise SurgeryError(f"unknown placeholder `{{{sorted(unknown)[0]}}}` in the emit path", pos=emit.pos,
+                           hint="placeholders are {layers}, {params}, {patched}")
+    if len(compiled.steps) > 1 and not fields:
+        raise SurgeryError(f"the emit path has no placeholder, but {len(compiled.steps)} sizes are emitted",
+                           pos=emit.pos, hint='add one, e.g. "runs/models/{layers}L"')
+    for step in compiled.steps:
+        if step.assembly is None:
+            continue
+        out = compiled.emit_dir(step.assembly)
+        for clash, what in ((teacher_dir, "teacher's"), (compiled.student_dir, "student's")):
+            if out == clash:
+                raise SurgeryError(f"the emit path {out} is the {what} directory", pos=emit.pos,
+                                   hint="emit into a directory of its own")

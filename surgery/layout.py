@@ -1,0 +1,121 @@
+"""Teacher layers -> student blocks: the one place where `keep` and `map` get their meaning.
+
+Student layer i is initialised from the first teacher layer of block i and stands in for the
+whole block. Blocks cover the teacher's layers in order, with no gaps and no overlaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from surgery.errors import Pos, SurgeryError
+from surgery.recipe.ast import KeepList, KeepRule, LayerMap, LayerSpec
+
+
+@dataclass(frozen=True)
+class Block:
+    student: int  # the student layer standing for this block
+    teacher: tuple[int, ...]  # the teacher layers of the block, in order
+
+    @property
+    def init(self) -> int:
+        """The teacher layer the student layer is copied from."""
+        return self.teacher[0]
+
+    @property
+    def last(self) -> int:
+        """The teacher layer whose output the student layer's output is aligned with."""
+        return self.teacher[-1]
+
+    @property
+    def patchable(self) -> bool:
+        """A one-layer block is not a size step: patching it changes weights, not depth."""
+        return len(self.teacher) > 1
+
+
+def kept_by_rule(first: int, every: int, last: int, n_teacher: int) -> tuple[int, ...]:
+    """The paper's (first, every, last) rule: 0..first-1, then every `every`, then the last `last`."""
+    head = list(range(first))
+    middle = list(range(first - 1 + every, n_teacher - last, every)) if first else []
+    tail = list(range(max(n_teacher - last, 0), n_teacher))
+    return tuple(sorted(set(head + middle + tail)))
+
+
+def _range_hint(n: int) -> str:
+    return f"the teacher has {n} layers ({0}..{n - 1})"
+
+
+def blocks(spec: LayerSpec, n_teacher: int) -> tuple[Block, ...]:
+    """The student's blocks for a `keep` list, `keep` rule or `map`. Errors carry positions."""
+    if isinstance(spec, KeepRule):
+        if spec.first < 1:
+            raise SurgeryError("`first` must be at least 1: the student starts with teacher layer 0",
+                               pos=spec.pos)
+        kept = kept_by_rule(spec.first, spec.every, spec.last, n_teacher)
+        result = _blocks_from_kept(kept, [spec.pos] * len(kept), n_teacher, spec.pos)
+    elif isinstance(spec, KeepList):
+        kept, positions = [], []
+        for span in spec.spans:
+            for layer in span.layers():
+                kept.append(layer)
+                positions.append(span.pos)
+        result = _blocks_from_kept(tuple(kept), positions, n_teacher, spec.pos)
+    elif isinstance(spec, LayerMap):
+        result = _blocks_from_map(spec, n_teacher)
+    else:  # pragma: no cover - the parser builds only the three kinds
+        raise TypeError(spec)
+    _check_depth(result, n_teacher, spec.pos)
+    return result
+
+
+def _blocks_from_kept(kept: tuple[int, ...], positions: list, n_teacher: int, pos: Pos | None) -> tuple[Block, ...]:
+    if not kept:
+        raise SurgeryError("the student has no layers", pos=pos, hint="keep at least one teacher layer")
+    for i, (layer, where) in enumerate(zip(kept, positions)):
+        if layer >= n_teacher:
+            raise SurgeryError(f"layer {layer} is out of range", pos=where, hint=_range_hint(n_teacher))
+        if i and layer == kept[i - 1]:
+            raise SurgeryError(f"layer {layer} is kept twice", pos=where, hint="each teacher layer starts one block")
+        if i and layer < kept[i - 1]:
+            raise SurgeryError(f"kept layers must be in order: {layer} comes after {kept[i - 1]}", pos=where,
+                               hint="list teacher layers from first to last")
+    if kept[0] != 0:
+        raise SurgeryError(f"the first kept layer is {kept[0]}, leaving teacher layers 0..{kept[0] - 1} "
+                           "in no block", pos=positions[0], hint="keep layer 0: every block starts at a kept layer")
+    bounds = list(kept) + [n_teacher]
+    return tuple(Block(i, tuple(range(bounds[i], bounds[i + 1]))) for i in range(len(kept)))
+
+
+def _blocks_from_map(spec: LayerMap, n_teacher: int) -> tuple[Block, ...]:
+    if not spec.entries:
+        raise SurgeryError("the student has no layers", pos=spec.pos, hint="add entries like `0 <- 0..1`")
+    out: list[Block] = []
+    expected_teacher = 0
+    for i, entry in enumerate(spec.entries):
+        if entry.student != i:
+            raise SurgeryError(f"student layer {entry.student} is listed where layer {i} belongs", pos=entry.pos,
+                               hint="list student layers 0, 1, 2, ... in order")
+        if entry.block.step != 1:
+            raise SurgeryError("a block is a contiguous range; `step` does not apply in `map`", pos=entry.block.pos)
+        layers = entry.block.layers()
+        if layers[-1] >= n_teacher:
+            raise SurgeryError(f"layer {layers[-1]} is out of range", pos=entry.block.pos,
+                               hint=_range_hint(n_teacher))
+        if layers[0] < expected_teacher:
+            raise SurgeryError(f"block {entry.block.start}..{entry.block.stop} overlaps the block before it",
+                               pos=entry.block.pos, hint=f"this block should start at layer {expected_teacher}")
+        if layers[0] > expected_teacher:
+            raise SurgeryError(f"teacher layers {expected_teacher}..{layers[0] - 1} are in no block",
+                               pos=entry.block.pos, hint=f"this block should start at layer {expected_teacher}")
+        out.append(Block(i, layers))
+        expected_teacher = layers[-1] + 1
+    if expected_teacher != n_teacher:
+        raise SurgeryError(f"teacher layers {expected_teacher}..{n_teacher - 1} are in no block",
+                           pos=spec.entries[-1].pos, hint=f"the last block should end at layer {n_teacher - 1}")
+    return tuple(out)
+
+
+def _check_depth(result: tuple[Block, ...], n_teacher: int, pos: Pos | None) -> None:
+    if len(result) >= n_teacher:
+        raise SurgeryError(f"the student keeps all {n_teacher} teacher layers, so nothing is pruned",
+                           pos=pos, hint="keep fewer layers, e.g. `keep first 1 every 2 last 1`")

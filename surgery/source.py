@@ -1,0 +1,104 @@
+"""Find a model's `config.json` (and, when asked, its weights) from what a recipe says.
+
+A recipe names a teacher by local directory or hub id. Compilation needs the config only, so
+it is found without touching weights, in this order: a local directory (relative to the
+recipe), the Hugging Face cache, the published configs bundled with surgery
+(`surgery/configs/ORG/NAME/config.json`), and last the hub itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from surgery.errors import Pos, SurgeryError
+
+BUNDLED = Path(__file__).resolve().parent / "configs"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # as written in the recipe
+    config: dict
+    origin: str  # "local" | "hf-cache" | "bundled" | "hub"
+    directory: Path | None  # a local directory holding config.json (and maybe weights)
+    revision: str | None = None
+
+    @property
+    def has_weights(self) -> bool:
+        return self.directory is not None and any(self.directory.glob("*.safetensors"))
+
+
+def read_config(path: Path, where: str, pos: Pos | None = None, file: Path | None = None) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SurgeryError(f"{where}: no config.json in {path.parent}", file=file, pos=pos,
+                           hint="point at a Hugging Face model directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SurgeryError(f"{where}: cannot read {path}: {err}", file=file, pos=pos) from None
+
+
+def resolve(spec: str, *, base: Path, revision: str | None = None, file: Path | None = None,
+            pos: Pos | None = None, where: str = "teacher") -> ModelSource:
+    """Locate `spec` (a directory or hub id) and read its config.json."""
+    local = Path(spec).expanduser()
+    local = local if local.is_absolute() else base / local
+    if local.is_dir():
+        return ModelSource(spec, read_config(local / "config.json", where, pos, file), "local", local.resolve())
+    if not HUB_ID.fullmatch(spec):
+        raise SurgeryError(f"{where} directory not found: {local}", file=file, pos=pos,
+                           hint="give an existing model directory or a hub id like `Qwen/Qwen3-4B-Base`")
+    cached = _from_hf_cache(spec, revision)
+    if cached is not None:
+        return ModelSource(spec, read_config(cached, where, pos, file), "hf-cache", cached.parent, revision)
+    bundled = BUNDLED / spec / "config.json"
+    if bundled.is_file():
+        return ModelSource(spec, read_config(bundled, where, pos, file), "bundled", None, revision)
+    return ModelSource(spec, _from_hub(spec, revision, where, file, pos), "hub", None, revision)
+
+
+def _from_hf_cache(repo_id: str, revision: str | None) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _from_hub(repo_id: str, revision: str | None, where: str, file, pos) -> dict:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise SurgeryError(f"{where} `{repo_id}` is not cached and HF_HUB_OFFLINE=1", file=file, pos=pos,
+                           hint="download it once online, or point the recipe at a local directory")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(repo_id, "config.json", revision=revision)).read_text())
+    except Exception as err:  # the hub client raises many kinds; all mean "could not fetch"
+        raise SurgeryError(f"cannot fetch the config of {where} `{repo_id}`: {type(err).__name__}",
+                           file=file, pos=pos,
+                           hint="check the hub id and the network, or point the recipe at a local directory") from None
+
+
+def weights_dir(source: ModelSource, where: str = "teacher") -> Path:
+    """A local directory with the model's safetensors, downloading from the hub if needed."""
+    if source.has_weights:
+        return source.directory
+    if source.origin == "local":
+        raise SurgeryError(f"{where} directory {source.directory} has no *.safetensors files",
+                           hint="surgery loads weights from safetensors only; convert with `save_pretrained`")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise SurgeryError(f"{where} `{source.spec}` has no weights on this machine and HF_HUB_OFFLINE=1",
+                           hint="download it once online, or point the recipe at a local directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(source.spec, revision=source.revision,
+                                 allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"])
+    except Exception as err:
+        raise SurgeryError(f"cannot download {where} `{source.spec}`: {type(err).__name__}",
+                           hint="check the hub id and the network, or point the recipe at a local directory") from None
+    return Path(path)
