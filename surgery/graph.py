@@ -180,8 +180,11 @@ class LayerGraph:
     def sequential(self, order: str, k: int) -> Assembly:
         """The authors' sequential patching with k patchable blocks patched.
 
-        `last_to_first`: every block from the k-th patchable block from the end onward, so the
-        one-layer blocks in that suffix become teacher layers too. `first_to_last` mirrors it.
+        `last_to_first`: the authors cut the student right after the (k+1)-th patchable block
+        from the end and take every teacher layer after the cut, so each one-layer block past
+        that block becomes teacher layers too; with k equal to the number of steps the whole
+        model is the teacher's. `first_to_last` mirrors it: everything before the (k+1)-th
+        patchable block from the start.
         """
         steps = self.patchable
         if not 0 <= k <= len(steps):
@@ -189,11 +192,11 @@ class LayerGraph:
         if k == 0:
             return self.assemble(())
         if order == "last_to_first":
-            start = steps[-k]
+            start = steps[-k - 1] + 1 if k < len(steps) else 0
             return self.assemble(range(start, self.n_student))
         if order == "first_to_last":
-            stop = steps[k - 1]
-            return self.assemble(range(0, stop + 1))
+            stop = steps[k] if k < len(steps) else self.n_student
+            return self.assemble(range(0, stop))
         raise ValueError(order)
 
     @property
@@ -214,7 +217,7 @@ class LayerGraph:
         return self._shapes
 
     @cached_property
-    def _part_params(self) -> tuple[list[int], int, int, int]:
+    def part_params(self) -> tuple[list[int], int, int, int]:
         """(params of each teacher layer, embeddings, final without head, head)."""
         per_layer = [0] * self.n_teacher
         embeddings = final = head = 0
@@ -233,7 +236,7 @@ class LayerGraph:
         return per_layer, embeddings, final, head
 
     def size(self, assembly: Assembly) -> Size:
-        per_layer, embeddings, final, head = self._part_params
+        per_layer, embeddings, final, head = self.part_params
         layers = sum(per_layer[r.index if r.side == TEACHER else self.blocks[r.index].init] for r in assembly.layers)
         untied = layers + embeddings + final + head
         tied = self.tied and assembly.embeddings == assembly.final

@@ -1,0 +1,33 @@
+"""config.json of a written model: the teacher's, with depth, per-layer lists, tie and dtype rewritten.
+
+Everything else is kept as the teacher has it. Per-layer lists (the registry's `per_layer`,
+such as `layer_types`) follow the layers chosen: output layer j takes the entry of the teacher
+layer it stands for (a student layer stands for the first layer of its block).
+"""
+
+from __future__ import annotations
+
+from surgery.arch import Architecture
+from surgery.errors import SurgeryError
+
+CONFIG_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def rewrite(config: dict, arch: Architecture, origins: tuple[int, ...], *, tied: bool, dtype: str) -> dict:
+    """The teacher's `config` for a model whose layers stand for teacher layers `origins`."""
+    out = dict(config)
+    n_teacher = arch.depth_of(config)
+    out[arch.depth] = len(origins)
+    for key in arch.per_layer:
+        values = config.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != n_teacher:
+            raise SurgeryError(f"the teacher config's `{key}` should list one entry per layer ({n_teacher}), "
+                               f"not {values!r}", hint="check the teacher's config.json")
+        out[key] = [values[t] for t in origins]
+    if arch.is_tied(config):  # a tied teacher's output is untied when embeddings and head come from two models
+        out[arch.tie] = tied
+    out.pop("torch_dtype", None)  # the transformers 4 spelling; transformers 5 writes `dtype`
+    out["dtype"] = CONFIG_DTYPE[dtype]
+    return out
