@@ -6,7 +6,7 @@ fail on user input happens here, before anything is downloaded or loaded.
 
 from __future__ import annotations
 
-import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +77,9 @@ def compile_file(path: str | Path) -> Compiled:
     try:
         return compile_recipe(recipe)
     except SurgeryError as err:
-        if err.file is not None:
+        if err.file is not None and err.file != str(recipe.path):
             raise
+        # Errors about the recipe itself name it as the user wrote it, with the caret line.
         raise err.located(path, path.read_text(encoding="utf-8")) from None
 
 
@@ -91,6 +92,24 @@ def _check_remote_code(recipe: Recipe, config: dict) -> None:
                            hint="read that code, then add `trust_remote_code yes` to the teacher block")
 
 
+def _placeholders(emit) -> set[str]:
+    """The placeholders of the emit template; anything `str.format` would not fill is an error."""
+    hint = "placeholders are {layers}, {params}, {patched}; write {{ or }} for a literal brace"
+    try:
+        parts = list(string.Formatter().parse(emit.template))
+    except ValueError as err:
+        raise SurgeryError(f"the emit path is not a valid template: {err}", pos=emit.pos, hint=hint) from None
+    fields = set()
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS or spec or conversion:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise SurgeryError(f"unknown placeholder `{{{written}}}` in the emit path", pos=emit.pos, hint=hint)
+        fields.add(name)
+    return fields
+
+
 def _check_paths(compiled: Compiled) -> None:
     recipe, teacher = compiled.recipe, compiled.teacher
     teacher_dir = teacher.directory.resolve() if teacher.directory else None
@@ -100,11 +119,7 @@ def _check_paths(compiled: Compiled) -> None:
     emit = recipe.emit
     if emit is None:
         return
-    fields = set(re.findall(r"{(\w*)}", emit.template))
-    unknown = fields - set(PLACEHOLDERS)
-    if unknown:
-        raise SurgeryError(f"unknown placeholder `{{{sorted(unknown)[0]}}}` in the emit path", pos=emit.pos,
-                           hint="placeholders are {layers}, {params}, {patched}")
+    fields = _placeholders(emit)
     if len(compiled.steps) > 1 and not fields:
         raise SurgeryError(f"the emit path has no placeholder, but {len(compiled.steps)} sizes are emitted",
                            pos=emit.pos, hint='add one, e.g. "runs/models/{layers}L"')

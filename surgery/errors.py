@@ -42,7 +42,7 @@ class SurgeryError(Exception):
         """The same error, placed in `file` (and given its source line for the caret)."""
         line = None
         if source is not None and self.pos is not None:
-            lines = source.splitlines()
+            lines = source.split("\n")  # not splitlines(): form feeds and U+2028 are no line breaks here
             if 0 < self.pos.line <= len(lines):
                 line = lines[self.pos.line - 1]
         return SurgeryError(

@@ -41,6 +41,11 @@ def kept_by_rule(first: int, every: int, last: int, n_teacher: int) -> tuple[int
     return tuple(sorted(set(head + middle + tail)))
 
 
+def _layers(first: int, last: int) -> str:
+    """'layer 2' or 'layers 2..4', for messages."""
+    return f"layer {first}" if first == last else f"layers {first}..{last}"
+
+
 def _range_hint(n: int) -> str:
     return f"the teacher has {n} layers ({0}..{n - 1})"
 
@@ -80,8 +85,8 @@ def _blocks_from_kept(kept: tuple[int, ...], positions: list, n_teacher: int, po
             raise SurgeryError(f"kept layers must be in order: {layer} comes after {kept[i - 1]}", pos=where,
                                hint="list teacher layers from first to last")
     if kept[0] != 0:
-        raise SurgeryError(f"the first kept layer is {kept[0]}, leaving teacher layers 0..{kept[0] - 1} "
-                           "in no block", pos=positions[0], hint="keep layer 0: every block starts at a kept layer")
+        raise SurgeryError(f"the first kept layer is {kept[0]}, so no block holds teacher {_layers(0, kept[0] - 1)}",
+                           pos=positions[0], hint="keep layer 0: every block starts at a kept layer")
     bounds = list(kept) + [n_teacher]
     return tuple(Block(i, tuple(range(bounds[i], bounds[i + 1]))) for i in range(len(kept)))
 
@@ -105,12 +110,12 @@ def _blocks_from_map(spec: LayerMap, n_teacher: int) -> tuple[Block, ...]:
             raise SurgeryError(f"block {entry.block.start}..{entry.block.stop} overlaps the block before it",
                                pos=entry.block.pos, hint=f"this block should start at layer {expected_teacher}")
         if layers[0] > expected_teacher:
-            raise SurgeryError(f"teacher layers {expected_teacher}..{layers[0] - 1} are in no block",
+            raise SurgeryError(f"no block holds teacher {_layers(expected_teacher, layers[0] - 1)}",
                                pos=entry.block.pos, hint=f"this block should start at layer {expected_teacher}")
         out.append(Block(i, layers))
         expected_teacher = layers[-1] + 1
     if expected_teacher != n_teacher:
-        raise SurgeryError(f"teacher layers {expected_teacher}..{n_teacher - 1} are in no block",
+        raise SurgeryError(f"no block holds teacher {_layers(expected_teacher, n_teacher - 1)}",
                            pos=spec.entries[-1].pos, hint=f"the last block should end at layer {n_teacher - 1}")
     return tuple(out)
 

@@ -2,7 +2,10 @@
 without measurement (`last_to_first`, `first_to_last`, an explicit list).
 
 `klpatch` and `optimal` choose their sets from calibration measurements (surgery.planning);
-for those the schedule here fixes the step counts only.
+for those the schedule here fixes the step counts only. For a size target that count is an
+upper bound: the most steps for which some model fits, found from every end state of the
+planner's DAG (exact with uneven blocks and with heads that become untied). The planner then
+picks the best measured model that fits.
 """
 
 from __future__ import annotations
@@ -65,22 +68,52 @@ def resolve(graph: LayerGraph, patch: Patch, dtype: str) -> tuple[Step, ...]:
     return tuple(Step(k, assembly_for(graph, order, k)) for k in sorted(set(ks)))
 
 
-def _measure(graph: LayerGraph, order, k: int, kind: str, dtype: str) -> float:
+def estimate(graph: LayerGraph, order, k: int) -> Assembly:
+    """The model after k steps; for a measured order, the last k patchable blocks stand in.
+
+    Measured orders patch patchable blocks only, so with blocks of equal shape the depth and
+    size follow from k alone, whichever blocks the planner picks.
+    """
     assembly = assembly_for(graph, order, k)
-    if assembly is None:  # measured orders patch patchable blocks only; depth and size follow from k
+    if assembly is None:
         assembly = graph.assemble(graph.patchable[len(graph.patchable) - k:]) if k else graph.student
+    return assembly
+
+
+def size_of(graph: LayerGraph, assembly: Assembly, kind: str, dtype: str) -> float:
+    """An assembly's size in a `sizes` unit: layers, params, or bytes in `dtype`."""
     if kind == "layers":
         return assembly.depth
     size = graph.size(assembly)
     return size.params if kind == "params" else size.bytes(dtype)
 
 
+def step_of(graph: LayerGraph, patched) -> int:
+    """The size step of a patched set: how many patchable layers it patches."""
+    return len(set(patched) & set(graph.patchable))
+
+
+def _smallest(graph: LayerGraph, order, n: int, kind: str, dtype: str) -> list[float]:
+    """The smallest model each step count can give (the only one, for non-measured orders)."""
+    if order not in MEASURED_ORDERS:
+        return [size_of(graph, assembly_for(graph, order, k), kind, dtype) for k in range(n + 1)]
+    from surgery.planning.dag import choices
+
+    out = [float("inf")] * (n + 1)
+    for end in choices(graph, lambda i, before, patched: 0.0):
+        k = step_of(graph, end.patched)
+        out[k] = min(out[k], size_of(graph, graph.assemble(end.patched), kind, dtype))
+    return out
+
+
 def _fit(graph: LayerGraph, order, n: int, sizes: Sizes, target: float, dtype: str) -> int:
-    """The largest step whose model fits within `target` (layers, params or bytes)."""
-    fitting = [k for k in range(n + 1) if _measure(graph, order, k, sizes.kind, dtype) <= target]
+    """The largest step with a model that fits within `target` (layers, params or bytes)."""
+    smallest = _smallest(graph, order, n, sizes.kind, dtype)
+    fitting = [k for k in range(n + 1) if smallest[k] <= target]
     if not fitting:
-        smallest = _measure(graph, order, 0, sizes.kind, dtype)
+        written = {"layers": lambda v: str(int(v)), "params": format_count, "bytes": format_bytes}[sizes.kind]
         shown = {"layers": lambda v: f"{int(v)} layers", "params": format_count, "bytes": format_bytes}[sizes.kind]
-        raise SurgeryError(f"no model fits `{sizes.kind} {shown(target)}`: the student alone is {shown(smallest)}",
+        raise SurgeryError(f"no model fits `sizes {sizes.kind} {written(target)}`: the student alone is "
+                           f"{shown(smallest[0])}",
                            pos=sizes.pos, hint="ask for a size at least as large as the student")
     return max(fitting)

@@ -53,6 +53,7 @@ def resolve(spec: str, *, base: Path, revision: str | None = None, file: Path | 
     if not HUB_ID.fullmatch(spec):
         raise SurgeryError(f"{where} directory not found: {local}", file=file, pos=pos,
                            hint="give an existing model directory or a hub id like `Qwen/Qwen3-4B-Base`")
+    _check_hub_id(spec, where, file, pos)
     cached = _from_hf_cache(spec, revision)
     if cached is not None:
         return ModelSource(spec, read_config(cached, where, pos, file), "hf-cache", cached.parent, revision)
@@ -60,6 +61,17 @@ def resolve(spec: str, *, base: Path, revision: str | None = None, file: Path | 
     if bundled.is_file():
         return ModelSource(spec, read_config(bundled, where, pos, file), "bundled", None, revision)
     return ModelSource(spec, _from_hub(spec, revision, where, file, pos), "hub", None, revision)
+
+
+def _check_hub_id(repo_id: str, where: str, file, pos) -> None:
+    """The hub's own rules for repo ids (no `--`, at most 96 characters, ...), as a located error."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise SurgeryError(f"{where} `{repo_id}` is neither a local directory nor a valid hub id", file=file,
+                           pos=pos, hint=str(err).splitlines()[0]) from None
 
 
 def _from_hf_cache(repo_id: str, revision: str | None) -> Path | None:

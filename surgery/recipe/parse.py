@@ -52,10 +52,12 @@ def _describe(terminals) -> tuple[str, list[str]]:
     words: list[str] = []
     names: list[str] = []
     for name in sorted(terminals):
-        if name in ("_NEWLINE", "SEMICOLON", "__ANON_0") or name.startswith("_"):
+        if name in ("_NEWLINE", "SEMICOLON"):
             names.append("end of line")
         elif name in kw:
             words.extend(kw[name].split("|"))
+        elif name == "$END":
+            names.append("end of file")
         elif name == "NUMBER":
             names.append("a number")
         elif name == "STRING":
@@ -72,15 +74,19 @@ def _describe(terminals) -> tuple[str, list[str]]:
     return ", ".join(shown), words
 
 
+_START_HINT = "a recipe starts with `boom 1`"
+
+
 def _syntax_error(err: UnexpectedInput, text: str) -> SurgeryError:
     pos = Pos(err.line, err.column) if getattr(err, "line", -1) not in (-1, None) else None
-    if isinstance(err, UnexpectedEOF):
-        expected, _ = _describe(err.expected)
-        lines = text.splitlines() or [""]
+    if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
+        # LALR reports the end of input as an `$END` token placed on the last token; say "end of file".
+        expected, words = _describe(getattr(err, "accepts", None) or err.expected)
+        lines = text.rstrip("\r\n").split("\n")  # the end of the last line with text on it
         return SurgeryError(
             f"unexpected end of file; expected {expected}",
             pos=Pos(len(lines), len(lines[-1]) + 1),
-            hint="is a `}` missing?",
+            hint="is a `}` missing?" if "}" in words else _START_HINT if "boom" in words else None,
         )
     index = err.pos_in_stream if isinstance(err, UnexpectedCharacters) else err.token.start_pos
     if index is not None and 0 < index < len(text) and _is_word(text[index - 1]) and _is_word(text[index]):
@@ -103,9 +109,11 @@ def _syntax_error(err: UnexpectedInput, text: str) -> SurgeryError:
         )
     assert isinstance(err, UnexpectedToken)
     tok = err.token
-    got = "end of line" if tok.type in ("_NEWLINE", "$END") else f"`{tok}`"
+    got = "end of line" if tok.type == "_NEWLINE" else f"`{tok}`"
     expected, words = _describe(err.accepts or err.expected)
-    hint = did_you_mean(str(tok), words) if tok.type not in ("_NEWLINE", "$END") else None
+    hint = did_you_mean(str(tok), words) if tok.type != "_NEWLINE" else None
+    if words == ["boom"]:
+        hint = _START_HINT
     if tok.type == "_NEWLINE" and "}" not in words:
         hint = hint or "a statement ended early; settings take their values on the same line"
     return SurgeryError(f"unexpected {got}; expected {expected}", pos=pos, hint=hint)
@@ -126,6 +134,19 @@ def parse(text: str, path: str | Path = "<recipe>") -> ast.Recipe:
         raise
     except SurgeryError as err:
         raise err.located(path, text) from None
+
+
+def lex(text: str, path: str | Path = "<recipe>") -> list[Token]:
+    """The tokens of syntactically valid recipe text, in order, as the parser reads them.
+
+    Spaces and comments are not tokens; newlines and `;` are. Meaning is not checked, so a
+    recipe with, say, a duplicate setting still lexes (the formatter relies on this).
+    """
+    try:
+        _parser().parse(text)  # first, so that syntax errors read exactly as `parse` gives them
+    except UnexpectedInput as err:
+        raise _syntax_error(err, text).located(Path(path), text) from None
+    return list(_parser().parse_interactive(text).iter_parse())
 
 
 def load(path: str | Path) -> ast.Recipe:
