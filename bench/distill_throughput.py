@@ -1,0 +1,317 @@
+"""Distillation throughput and memory: the surgery engine against the authors' way of training.
+
+Random weights and random tokens at Qwen3-0.6B shapes (hidden 1024, intermediate 3072, 28
+layers, 16 heads, 8 KV heads, head_dim 128, vocab 151936, tied), the student kept by
+`first 1 every 2 last 2` (15 layers), seq 2048, losses ce 1 + kl 0.1 + cosine 2. One measured
+step is one micro-batch forward and backward plus an AdamW step.
+
+- `surgery`: the engine's own step (surgery.distill.train.Engine): teacher in bf16 under
+  inference_mode keeping only the aligned states, student with fp32 master weights under bf16
+  autocast, chunked head losses, fused AdamW.
+- `baseline` (--baseline): what the authors' trainer does: HF forwards with
+  output_hidden_states=True and labels, full-vocabulary fp32 softmax KL, masked_select cosine.
+
+Prints one JSON line per configuration as it goes (a failure, e.g. out of memory, is a line
+too), then a summary line with the ratios against the targets (>= 2.5x the baseline's tokens/s
+at micro-batch 2, <= 40% of its peak memory at micro-batch 8). Model TFLOP/s counts
+6*N_student + 2*N_teacher per token. `--tiny` runs a tiny shape, on CPU when there is no GPU.
+
+Builds the layer layout from surgery.layout / surgery.graph directly: no recipe is parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from surgery import arch as arch_registry  # noqa: E402
+from surgery import layout  # noqa: E402
+from surgery.distill import data, losses, models, parallel  # noqa: E402
+from surgery.distill.plan import Plan  # noqa: E402
+from surgery.distill.train import Engine  # noqa: E402
+from surgery.graph import LayerGraph  # noqa: E402
+from surgery.recipe.ast import KeepRule, Loss, Optimizer  # noqa: E402
+
+GiB = 2**30
+LOSSES = (Loss("ce", 1.0), Loss("kl", 0.1), Loss("cosine", 2.0))
+SHAPES = {
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True, seq=2048),
+    "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=6, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=2048, tie_word_embeddings=True, seq=128),
+}
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def build_teacher(shape: dict, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {k: v for k, v in shape.items() if k != "seq"}
+    config = dict(model_type="qwen3", max_position_embeddings=max(4096, shape["seq"]), rms_norm_eps=1e-6,
+                  bos_token_id=0, eos_token_id=1, **fields)
+    torch.manual_seed(0)
+    with torch.device(device):
+        teacher = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=dtype,
+                                                   attn_implementation="sdpa")
+    teacher.config.use_cache = False
+    arch = arch_registry.for_config(config)
+    graph = LayerGraph(arch, config, layout.blocks(KeepRule(1, 2, 2), config["num_hidden_layers"]))
+    return teacher.eval().requires_grad_(False), graph
+
+
+def build_student(teacher, graph: LayerGraph, device: torch.device, dtype: torch.dtype):
+    """The pruned student: the teacher's kept layers, embeddings and final norm, in `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    config = teacher.config.to_dict()
+    config["num_hidden_layers"] = graph.n_student
+    config.pop("layer_types", None)
+    with torch.device(device):
+        student = AutoModelForCausalLM.from_config(type(teacher.config)(**config), dtype=dtype,
+                                                   attn_implementation="sdpa")
+    student.config.use_cache = False
+    with torch.no_grad():
+        student.model.embed_tokens.weight.copy_(teacher.model.embed_tokens.weight)
+        student.model.norm.weight.copy_(teacher.model.norm.weight)
+        for i, k in enumerate(graph.kept):
+            student.model.layers[i].load_state_dict(teacher.model.layers[k].state_dict())
+    return student.train()
+
+
+def random_rows(micro_batch: int, seq: int, vocab: int, seed: int) -> data.Rows:
+    tokens = np.random.default_rng(seed).integers(0, vocab, size=(micro_batch, seq))
+    return data.Rows(tokens, np.full(micro_batch, seq))
+
+
+def flops_per_token(graph: LayerGraph) -> float:
+    return 6 * graph.size(graph.student).params + 2 * graph.size(graph.teacher).params
+
+
+def plan_for(graph: LayerGraph, shape: dict, micro_batch: int, device: str, ac: bool) -> Plan:
+    gpu = device == "cuda"
+    return Plan(steps=10**6, seq=shape["seq"], batch=micro_batch, micro_batch=micro_batch, world=1, device=device,
+                precision="bf16" if gpu else "fp32", teacher_dtype="bf16" if gpu else "fp32", warmup=0,
+                schedule="constant", lr=1e-5, checkpoint_every=10**6, eval_every=10**6,
+                student_params=graph.size(graph.student).params, teacher_params=graph.size(graph.teacher).params,
+                hidden=shape["hidden_size"], intermediate=shape["intermediate_size"], vocab=shape["vocab_size"],
+                student_layers=graph.n_student, pairs=len(graph.aligned_pairs), activation_checkpointing=ac)
+
+
+def optimizer_for(student, device: torch.device):
+    return torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1,
+                             fused=device.type == "cuda")
+
+
+def surgery_step(teacher, graph, shape, micro_batch, device, *, student_dtype=torch.float32, compile=False,
+                 ac=False):
+    plan = plan_for(graph, shape, micro_batch, device.type, ac)
+    student = build_student(teacher, graph, device, student_dtype)
+    engine = Engine(teacher, student, graph, models.Objective.from_recipe(LOSSES, graph), plan,
+                    parallel.World(0, 1, 0, device), compile=compile, activation_checkpointing=ac)
+    optimizer = optimizer_for(student, device)
+    rows = [random_rows(micro_batch, shape["seq"], shape["vocab_size"], seed) for seed in range(4)]
+    count = iter(range(10**9))
+
+    def step():
+        engine.step(rows[next(count) % len(rows)], optimizer, Optimizer().clip)
+
+    return step, plan.memory_total(), (engine, student, optimizer)
+
+
+def baseline_step(teacher, graph, shape, micro_batch, device):
+    """The authors' trainer's arithmetic: full hidden-state lists, full fp32 logits."""
+    student = build_student(teacher, graph, device, torch.float32)
+    optimizer = optimizer_for(student, device)
+    gpu = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu)
+    ids = [torch.as_tensor(random_rows(micro_batch, shape["seq"], shape["vocab_size"], seed).tokens, device=device)
+           for seed in range(4)]
+    count = iter(range(10**9))
+    pairs, tau = graph.aligned_pairs, 1.0
+
+    def step():
+        x = ids[next(count) % len(ids)]
+        mask = torch.ones_like(x, dtype=torch.bool)
+        with torch.no_grad():
+            t_out = teacher(input_ids=x, attention_mask=mask.long(), output_hidden_states=True)
+        with autocast:
+            s_out = student(input_ids=x, attention_mask=mask.long(), labels=x, output_hidden_states=True)
+        vocab = s_out.logits.shape[-1]
+        s_logp = F.log_softmax(s_out.logits.float() / tau, dim=-1).view(-1, vocab)
+        t_prob = F.softmax(t_out.logits.float() / tau, dim=-1).view(-1, vocab)
+        kl = F.kl_div(s_logp, t_prob, reduction="batchmean") * tau**2
+        cos = 0.0
+        for si, ti in pairs:
+            hs = s_out.hidden_states[si].masked_select(mask[..., None]).view(-1, shape["hidden_size"])
+            ht = t_out.hidden_states[ti].masked_select(mask[..., None]).view(-1, shape["hidden_size"])
+            cos = cos + (1 - F.cosine_similarity(hs.float(), ht.float(), dim=-1)).mean()
+        loss = s_out.loss + 0.1 * kl + 2.0 * cos / len(pairs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, None, (student, optimizer)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=None):
+    record = {"config": name, "micro_batch": micro_batch, "seq": shape["seq"], **(extra or {})}
+    held = None
+    try:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        step, estimate, held = make()
+        for _ in range(warmup):
+            step()
+        sync(device)
+        record["warmup_s"] = round(time.perf_counter() - start, 1)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        dt = (time.perf_counter() - t0) / steps
+        tokens_per_s = micro_batch * shape["seq"] / dt
+        record.update(step_ms=round(dt * 1e3, 2), tokens_per_s=round(tokens_per_s, 1),
+                      model_tflops=round(tokens_per_s * fpt / 1e12, 2))
+        if device.type == "cuda":
+            record["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / GiB, 2)
+            record["reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / GiB, 2)
+        if estimate is not None:
+            record["estimate_gib"] = round(estimate / GiB, 2)
+    except torch.OutOfMemoryError:
+        record["error"] = "out of memory"
+    except Exception as err:  # one broken configuration must not lose the others
+        record["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+    finally:
+        del held
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    emit(record)
+    return record
+
+
+def check_head_loss(device):
+    """The chunked head loss on this device against a plain fp32 computation."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    n, hidden, vocab = 512, 256, 32000
+    h = torch.randn(n, hidden, generator=g).to(device).requires_grad_()
+    w = (torch.randn(vocab, hidden, generator=g) * 0.05).to(device).requires_grad_()
+    ht = torch.randn(n, hidden, generator=g).to(device)
+    wt = (torch.randn(vocab, hidden, generator=g) * 0.05).to(device)
+    targets = torch.randint(0, vocab, (n,), generator=g).to(device)
+    terms = (losses.HeadTerm("ce"), losses.HeadTerm("kl"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    saved, losses.CHUNK_ELEMENTS = losses.CHUNK_ELEMENTS, 100 * vocab  # several chunks: accumulation is checked
+    try:
+        total, _ = losses.head_loss(losses.Head(h, w), losses.Head(ht, wt), targets, None, terms, (1 / n, 1 / n),
+                                    dtype)
+    finally:
+        losses.CHUNK_ELEMENTS = saved
+    total.backward()
+    got_h, got_w = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    zs, zt = F.linear(h, w), F.linear(ht, wt)
+    ref = (F.cross_entropy(zs, targets) + F.kl_div(F.log_softmax(zs, -1), F.log_softmax(zt, -1), log_target=True,
+                                                   reduction="batchmean"))
+    ref.backward()
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    record = {"check": "head_loss", "matmul_dtype": str(dtype), "loss_rel_err": abs(total.item() / ref.item() - 1),
+              "grad_h_rel_err": rel(got_h, h.grad), "grad_w_rel_err": rel(got_w, w.grad),
+              "mixed_addmm": losses.mixed_addmm_works.get(device.type)}
+    emit(record)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", action="store_true", help="also run the authors' way, for the ratios")
+    parser.add_argument("--tiny", action="store_true", help="a tiny shape (runs on CPU)")
+    parser.add_argument("--micro-batches", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--extras", action="store_true",
+                        help="also: a pure-bf16 student, activation checkpointing, torch.compile")
+    parser.add_argument("--budget-s", type=float, default=330, help="skip remaining configurations after this")
+    args = parser.parse_args()
+
+    t_start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.tiny:
+        parser.error("no GPU here: use --tiny")
+    shape = SHAPES["tiny" if args.tiny else "qwen3-0.6b"]
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    import transformers
+
+    emit({"device": torch.cuda.get_device_name(device) if gpu else "cpu", "torch": torch.__version__,
+          "transformers": transformers.__version__, "shape": "tiny" if args.tiny else "qwen3-0.6b"})
+    check_head_loss(device)
+    teacher, graph = build_teacher(shape, device, torch.bfloat16 if gpu else torch.float32)
+    fpt = flops_per_token(graph)
+    emit({"student_layers": graph.n_student, "kept": list(graph.kept), "n_student": graph.size(graph.student).params,
+          "n_teacher": graph.size(graph.teacher).params, "flop_per_token": fpt})
+
+    results = {}
+    plan = []
+    for mb in args.micro_batches:
+        if args.baseline:
+            plan.append(("baseline", mb, lambda mb=mb: baseline_step(teacher, graph, shape, mb, device), {}))
+        plan.append(("surgery", mb, lambda mb=mb: surgery_step(teacher, graph, shape, mb, device), {}))
+    if args.extras:
+        small, large = min(args.micro_batches), max(args.micro_batches)
+        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device,
+                                                            student_dtype=torch.bfloat16), {"student": "pure bf16"}))
+        plan.append(("surgery", large, lambda: surgery_step(teacher, graph, shape, large, device, ac=True),
+                     {"activation_checkpointing": True}))
+        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, compile=True),
+                     {"compile": True}))
+    for name, mb, make, extra in plan:
+        if time.perf_counter() - t_start > args.budget_s:
+            emit({"config": name, "micro_batch": mb, **extra, "skipped": "time budget"})
+            continue
+        record = measure(name, make, mb, shape, device, fpt, args.warmup, args.steps, extra)
+        if not extra:
+            results[(name, mb)] = record
+
+    summary = {"summary": True, "elapsed_s": round(time.perf_counter() - t_start, 1)}
+    small, large = min(args.micro_batches), max(args.micro_batches)
+    ours_s, base_s = results.get(("surgery", small), {}), results.get(("baseline", small), {})
+    ours_l, base_l = results.get(("surgery", large), {}), results.get(("baseline", large), {})
+    judged = gpu and not args.tiny  # the targets are for Qwen3-0.6B shapes on a GPU
+    if "tokens_per_s" in ours_s and "tokens_per_s" in base_s:
+        summary[f"speedup_mb{small}"] = round(ours_s["tokens_per_s"] / base_s["tokens_per_s"], 2)
+        if judged:
+            summary["speed_target_met"] = summary[f"speedup_mb{small}"] >= 2.5
+    if "peak_gib" in ours_l and "peak_gib" in base_l:
+        summary[f"memory_ratio_mb{large}"] = round(ours_l["peak_gib"] / base_l["peak_gib"], 3)
+        if judged:
+            summary["memory_target_met"] = summary[f"memory_ratio_mb{large}"] <= 0.40
+    emit(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""`surgery distill RECIPE`: distill the student against the teacher, per the distill block.
+
+Multi-GPU: `torchrun --nproc-per-node N -m surgery distill RECIPE`.
+"""
+
+from __future__ import annotations
+
+HELP = "distill the student (written by init-student) against its teacher; resumes from checkpoints"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", metavar="RECIPE")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (tokens, steps, memory) and stop")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl still written)")
+    parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN/tensorboard")
+    parser.add_argument("--stop-after", type=int, metavar="STEP",
+                        help="checkpoint and stop after step STEP (for time-limited job slots); rerun to go on")
+
+
+def run(args) -> int:
+    from surgery.compile import compile_file
+    from surgery.distill.train import run as distill
+
+    compiled = compile_file(args.recipe)
+    distill(compiled, dry_run=args.dry_run, progress=not args.no_progress, tensorboard=args.tensorboard,
+            stop_after=args.stop_after)
+    return 0
