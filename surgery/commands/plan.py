@@ -1,0 +1,84 @@
+"""`surgery plan RECIPE`: the patch schedule, with KL to the teacher where it can be measured."""
+
+from __future__ import annotations
+
+import sys
+
+HELP = "print the patch schedule (sizes, patched sets, KL to the teacher) and write plan.json and plan.png"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", metavar="RECIPE")
+    parser.add_argument("--out", metavar="DIR", help="where plan.json and plan.png go (default: beside the student)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--compare", default=",".join(("last_to_first", "first_to_last", "klpatch", "optimal")),
+                        metavar="ORDERS", help="orders to measure for the plot, comma-separated, or `none`")
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from surgery.commands._output import write_atomic
+    from surgery.compile import compile_file
+    from surgery.errors import SurgeryError
+    from surgery.planning import models
+    from surgery.planning.plan import ORDERS, plan
+
+    compiled = compile_file(args.recipe)
+    compare = () if args.compare == "none" else tuple(o.strip() for o in args.compare.split(","))
+    unknown = [o for o in compare if o not in ORDERS]
+    if unknown:
+        raise SurgeryError(f"unknown order `{unknown[0]}` in --compare", hint=f"orders: {', '.join(ORDERS)}")
+    note = models.missing(compiled)
+    measure = calibration = None
+    if note is None:
+        loaded = models.load(compiled, args.device)
+        measure, calibration = loaded.measurer.kl, loaded.info
+    result = plan(compiled, measure, compare, calibration, note)
+    if measure is not None:
+        calibration["passes"] = round(loaded.measurer.passes, 2)
+
+    print(_table(result))
+    out = Path(args.out) if args.out else compiled.student_dir.parent / "plan"
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "plan.json", json.dumps(result.to_json(), indent=1) + "\n")
+    written = [out / "plan.json"]
+    if result.curves:
+        from surgery.planning.plot import size_curves
+
+        points = {name: [(e.params, e.kl) for e in entries] for name, entries in result.curves.items()}
+        write_atomic(out / "plan.png", size_curves(points, f"{Path(args.recipe).name}: KL to the teacher by size"))
+        written.append(out / "plan.png")
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _table(result) -> str:
+    from surgery.planning.plan import layers_text
+    from surgery.recipe.units import format_bytes, format_count
+
+    measured = any(e.kl is not None for e in result.steps)
+    predicted = any(e.predicted is not None for e in result.steps)
+    head = ["step", "patched", "depth", "params", "head", "bytes"] + ["KL"] * measured + ["predicted"] * predicted
+    rows = [head]
+    for e in result.steps:
+        row = [str(e.step), layers_text(e.patched), str(e.depth),
+               format_count(e.params), "tied" if e.tied else "untied", format_bytes(e.bytes)]
+        row += [_number(e.kl)] * measured + [_number(e.predicted)] * predicted
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [f"{result.recipe}: order {result.order}, bytes in {result.dtype}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if result.note:
+        lines.append(f"note: {result.note}; planned sizes only")
+    elif result.calibration:
+        c = result.calibration
+        lines.append(f"KL per token on {c['rows']} x {c['seq']} calibration tokens ({c['text']}), {c['device']}, "
+                     f"{c['passes']} forward passes")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,83 @@
+"""Load what measurement needs: the teacher, the student, the calibration rows.
+
+Returns None with a reason where something is missing (a paper recipe with a config-only
+teacher, no student yet, no calibration block), so `surgery plan` can still plan sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from surgery.compile import Compiled
+from surgery.errors import SurgeryError
+
+
+@dataclass
+class Loaded:
+    measurer: object  # surgery.planning.measure.Measurer, on the calibration rows
+    info: dict  # what was measured on, for the report
+    teacher: object
+    student: object
+    tokenizer: object
+
+
+def _safetensors(directory: Path | None) -> bool:
+    return directory is not None and directory.is_dir() and any(directory.glob("*.safetensors"))
+
+
+def missing(compiled: Compiled) -> str | None:
+    """Why KL cannot be measured for this recipe here, or None when it can."""
+    recipe = compiled.recipe
+    if recipe.patch.calibration is None:
+        return "no `calibration` in the patch block"
+    if not compiled.teacher.has_weights:
+        return f"the teacher `{recipe.teacher.source}` has no weights on this machine"
+    if not _safetensors(compiled.student_dir):
+        return f"no student weights in {compiled.student_dir} (run `surgery distill`)"
+    return None
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SurgeryError("`--device cuda` asked for, and no CUDA device is available", hint="use --device cpu")
+    return name
+
+
+def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> Loaded:
+    """The teacher and student on `device`, in `dtype` (default: fp32 on CPU, the teacher's
+    dtype on a GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from surgery.planning.calibration import token_rows
+    from surgery.planning.measure import Measurer
+
+    recipe, graph = compiled.recipe, compiled.graph
+    device = resolve_device(device)
+    dtype = dtype or ("fp32" if device == "cpu" else recipe.teacher.dtype)
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    remote = recipe.teacher.trust_remote_code
+    models = {}
+    for what, directory in (("teacher", compiled.teacher.directory), ("student", compiled.student_dir)):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype, use_safetensors=True,
+                                                         trust_remote_code=remote)
+        except (OSError, ValueError) as err:
+            raise SurgeryError(f"cannot load the {what} in {directory}: {str(err).splitlines()[0]}",
+                               hint="is it a complete Hugging Face model directory?") from None
+        models[what] = model.to(device).eval()
+    depth = graph.arch.depth_of(models["student"].config.to_dict())
+    if depth != graph.n_student:
+        raise SurgeryError(f"the student in {compiled.student_dir} has {depth} layers; the recipe's student has "
+                           f"{graph.n_student}", hint="rerun `surgery init-student` and `surgery distill`")
+    tokenizer = AutoTokenizer.from_pretrained(compiled.teacher.directory, trust_remote_code=remote)
+    rows = token_rows(recipe, recipe.patch.calibration, tokenizer)
+    measurer = Measurer(models["teacher"], models["student"], graph, rows)
+    info = {"text": recipe.patch.calibration.text, "rows": rows.shape[0], "seq": rows.shape[1],
+            "device": device, "dtype": dtype}
+    return Loaded(measurer, info, models["teacher"], models["student"], tokenizer)
