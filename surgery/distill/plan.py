@@ -106,21 +106,6 @@ class Plan:
         return sum(self.memory(sharded).values())
 
 
-def pick_device(setting: str) -> str:
-    import torch
-
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if not available[setting]:
-        raise SurgeryError(f"`device {setting}` is not available on this machine", hint="use `device auto`")
-    return setting
-
 
 def make(compiled, world: int, device: str) -> Plan:
     """The plan for a compiled recipe on `world` processes of kind `device`."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from surgery import source
+from surgery import devices, source
 from surgery.distill import checkpoint, data, models, parallel
 from surgery.distill import plan as planning
 from surgery.distill.progress import Reporter
@@ -44,7 +44,7 @@ def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: 
             raise SurgeryError(f"no student in {student_dir}", file=recipe.path, pos=recipe.student.pos,
                                hint=f"run `surgery init-student {recipe.path}` first")
     d = recipe.distill
-    device = planning.pick_device(d.device if d is not None else "auto")
+    device = devices.resolve(d.device if d is not None else "auto")
     plan = planning.make(compiled, int(os.environ.get("WORLD_SIZE", "1")), device)
     if dry_run:
         how = "single" if plan.world == 1 else os.environ.get("SURGERY_DISTILL_STRATEGY", "ddp or fsdp")

@@ -84,9 +84,9 @@ def run_tasks(directory: Path, tasks: Tasks, names, *, limit: int | None, device
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from surgery.evaluate.perplexity import resolve_device
+    from surgery import devices
 
-    device = resolve_device(device)
+    device = devices.resolve(device)
     on_cpu = device == "cpu"
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = HFLM(pretrained=str(directory), device=device, dtype="float32" if on_cpu else "auto",

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from surgery import devices
 from surgery.errors import SurgeryError
 
 BATCH_TOKENS = 8192  # tokens per forward pass; windows per batch = BATCH_TOKENS // seq
@@ -110,13 +111,6 @@ def score(model, docs: list[list[int]], seq: int, stride: int, *, batch_size: in
     return Score(nll, count)
 
 
-def resolve_device(name: str = "auto") -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
 
 def load_model(directory: Path, device: str = "auto", *, trust_remote_code: bool = False):
     """A model directory loaded for scoring: its stored dtype on GPU, fp32 on CPU."""
@@ -125,7 +119,7 @@ def load_model(directory: Path, device: str = "auto", *, trust_remote_code: bool
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # one bar per load would drown the pipeline's display
-    device = resolve_device(device)
+    device = devices.resolve(device)
     dtype = "auto" if device != "cpu" else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=trust_remote_code,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from surgery import devices
 from surgery.compile import Compiled
 from surgery.errors import SurgeryError
 
@@ -38,15 +39,6 @@ def missing(compiled: Compiled) -> str | None:
     return None
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SurgeryError("`--device cuda` asked for, and no CUDA device is available", hint="use --device cpu")
-    return name
-
 
 def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> Loaded:
     """The teacher and student on `device`, in `dtype` (default: fp32 on CPU, the teacher's
@@ -58,7 +50,7 @@ def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> 
     from surgery.planning.measure import Measurer
 
     recipe, graph = compiled.recipe, compiled.graph
-    device = resolve_device(device)
+    device = devices.resolve(device)
     dtype = dtype or ("fp32" if device == "cpu" else recipe.teacher.dtype)
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     remote = recipe.teacher.trust_remote_code
