@@ -115,19 +115,14 @@ def score(model, docs: list[list[int]], seq: int, stride: int, *, batch_size: in
 def load_model(directory: Path, device: str = "auto", *, trust_remote_code: bool = False):
     """A model directory loaded for scoring: its stored dtype on GPU, fp32 on CPU."""
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging
+
+    from surgery.hf import load_causal_lm
 
     logging.disable_progress_bar()  # one bar per load would drown the pipeline's display
     device = devices.resolve(device)
     dtype = "auto" if device != "cpu" else torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True)
-    except (OSError, ValueError) as err:
-        raise SurgeryError(f"cannot load the model in {directory}: {str(err).splitlines()[0]}",
-                           hint="is it a complete Hugging Face model directory?") from None
-    return model.to(device).eval()
+    return load_causal_lm(directory, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
 
 def perplexity_of(directory: Path, docs: list[list[int]], seq: int, stride: int, *, device: str = "auto",

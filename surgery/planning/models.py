@@ -44,7 +44,9 @@ def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> 
     """The teacher and student on `device`, in `dtype` (default: fp32 on CPU, the teacher's
     dtype on a GPU)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from surgery.hf import load_causal_lm
 
     from surgery.planning.calibration import token_rows
     from surgery.planning.measure import Measurer
@@ -54,15 +56,8 @@ def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> 
     dtype = dtype or ("fp32" if device == "cpu" else recipe.teacher.dtype)
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     remote = recipe.teacher.trust_remote_code
-    models = {}
-    for what, directory in (("teacher", compiled.teacher.directory), ("student", compiled.student_dir)):
-        try:
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype, use_safetensors=True,
-                                                         trust_remote_code=remote)
-        except (OSError, ValueError) as err:
-            raise SurgeryError(f"cannot load the {what} in {directory}: {str(err).splitlines()[0]}",
-                               hint="is it a complete Hugging Face model directory?") from None
-        models[what] = model.to(device).eval()
+    models = {what: load_causal_lm(directory, dtype=torch_dtype, device=device, what=what, trust_remote_code=remote)
+              for what, directory in (("teacher", compiled.teacher.directory), ("student", compiled.student_dir))}
     depth = graph.arch.depth_of(models["student"].config.to_dict())
     if depth != graph.n_student:
         raise SurgeryError(f"the student in {compiled.student_dir} has {depth} layers; the recipe's student has "

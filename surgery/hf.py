@@ -1,0 +1,20 @@
+"""Loading a Hugging Face model directory for scoring, with one clean error for a bad one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgery.errors import SurgeryError
+
+
+def load_causal_lm(directory: Path, *, dtype, device: str, what: str = "model", trust_remote_code: bool = False):
+    """`AutoModelForCausalLM` from safetensors in `directory`, on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise SurgeryError(f"cannot load the {what} in {directory}: {str(err).splitlines()[0]}",
+                           hint="is it a complete Hugging Face model directory?") from None
+    return model.to(device).eval()
