@@ -270,3 +270,27 @@ def test_the_paper_llama_order_ends_at_the_teacher():
     graph = compile_file(Path(__file__).parent.parent / "recipes" / "llama-3.2-3b.boom").graph
     assert graph.sequential("first_to_last", 13) == graph.teacher
     assert graph.sequential("first_to_last", 1).patched == {0, 1}
+
+
+def test_per_layer_lists_that_transformers_derives_are_written_out(tmp_path, teachers):
+    """Qwen2 without `layer_types`: transformers derives them from `max_window_layers` (layers
+    3.. slide), a rule that would give another pattern at the student's depth."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for f in teachers("qwen2", layers=6).iterdir():
+        (teacher / f.name).write_bytes(f.read_bytes())
+    config = read_json(teacher / "config.json")
+    config.pop("layer_types", None)
+    config.update(use_sliding_window=True, sliding_window=4, max_window_layers=3)
+    (teacher / "config.json").write_text(json.dumps(config))
+    assert load(teacher).config.layer_types == ["full_attention"] * 3 + ["sliding_attention"] * 3
+    compiled = compile_file(write_recipe(tmp_path / "r.boom", teacher, keep=KEEP))
+    student = init_student(compiled)
+    assert read_json(student / "config.json")["layer_types"] == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    perturb(student)
+    models = {"teacher": load(teacher), "student": load(student)}
+    patched = PATCH_SETS["prefix"]
+    out = write_model(compiled, compiled.graph.assemble(patched), tmp_path / "o")
+    layers, embeddings, final = expected_layers(patched)
+    assert load(out).config.layer_types == ["full_attention"] * 3 + ["sliding_attention"] * 2
+    assert_same_model(load(out), oracle("qwen2", models, layers, embeddings, final, tied=False))

@@ -65,7 +65,6 @@ def test_dag_matches_brute_force_on_random_costs(seed):
 
 def test_additive_model_is_exact_on_its_probes_and_equals_the_path_cost():
     n = 6
-    rng = random.Random(3)
     truth = {}  # a synthetic "true KL" that is not additive
     for bits in itertools.product((False, True), repeat=n):
         student = [i for i in range(n) if not bits[i]]

@@ -15,7 +15,6 @@ shared filesystem); the main process alone writes.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
+from surgery import durable
 from surgery.distill import parallel
 from surgery.errors import SurgeryError
 
@@ -65,16 +65,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    with open(path, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    path.write_text(json.dumps(data))
 
 
 def save(root: Path, step: int, student, optimizer, state: dict, world: parallel.World) -> Path:
@@ -91,9 +82,7 @@ def save(root: Path, step: int, student, optimizer, state: dict, world: parallel
         torch.save(optim_sd, tmp / "optimizer.pt")
         torch.save(rngs, tmp / "rng.pt")
         _write_json(tmp / "state.json", {**state, "step": step})
-        _fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        durable.swap_into_place(tmp, final)
         for old in sorted(root.glob(PREFIX + "*"))[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
     parallel.barrier()
@@ -141,7 +130,6 @@ def export(student, student_dir: Path, dtype: torch.dtype, summary: dict, world:
     model_sd = get_model_state_dict(student, options=_FULL)
     if world.main:
         tmp = student_dir.with_name(f".{student_dir.name}.distilled")
-        old = student_dir.with_name(f".{student_dir.name}.before-distill")
         shutil.rmtree(tmp, ignore_errors=True)
         saved_dtype = student.config.dtype
         student.config.dtype = dtype
@@ -156,16 +144,5 @@ def export(student, student_dir: Path, dtype: torch.dtype, summary: dict, world:
         config_path = tmp / "student_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         _write_json(config_path, {**config, "distillation": summary})
-        _fsync_dir(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(student_dir, old)
-        os.replace(tmp, student_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        durable.swap_into_place(tmp, student_dir)
     parallel.barrier()
-
-
-def recover(student_dir: Path) -> None:
-    """Finish an export that a crash interrupted between its two renames."""
-    old = student_dir.with_name(f".{student_dir.name}.before-distill")
-    if not student_dir.exists() and old.is_dir():
-        os.replace(old, student_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from surgery import devices, source
+from surgery import devices, durable, source
 from surgery.distill import checkpoint, data, models, parallel
 from surgery.distill import plan as planning
 from surgery.distill.progress import Reporter
@@ -39,7 +39,7 @@ def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: 
     recipe = compiled.recipe
     student_dir = compiled.student_dir
     if not dry_run:
-        checkpoint.recover(student_dir)
+        durable.recover(student_dir)
         if not (student_dir / "config.json").is_file():
             raise SurgeryError(f"no student in {student_dir}", file=recipe.path, pos=recipe.student.pos,
                                hint=f"run `surgery init-student {recipe.path}` first")

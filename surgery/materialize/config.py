@@ -2,7 +2,10 @@
 
 Everything else is kept as the teacher has it. Per-layer lists (the registry's `per_layer`,
 such as `layer_types`) follow the layers chosen: output layer j takes the entry of the teacher
-layer it stands for (a student layer stands for the first layer of its block).
+layer it stands for (a student layer stands for the first layer of its block). A list the
+teacher's config.json leaves out but transformers derives from other keys (Qwen2's `layer_types`
+from `max_window_layers`) is written out, because the rule would give another pattern at the
+new depth.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ def rewrite(config: dict, arch: Architecture, origins: tuple[int, ...], *, tied:
     for key in arch.per_layer:
         values = config.get(key)
         if values is None:
+            values = _derived(config, key)
+        if values is None:
             continue
         if not isinstance(values, list) or len(values) != n_teacher:
             raise SurgeryError(f"the teacher config's `{key}` should list one entry per layer ({n_teacher}), "
@@ -31,3 +36,13 @@ def rewrite(config: dict, arch: Architecture, origins: tuple[int, ...], *, tied:
     out.pop("torch_dtype", None)  # the transformers 4 spelling; transformers 5 writes `dtype`
     out["dtype"] = CONFIG_DTYPE[dtype]
     return out
+
+
+def _derived(config: dict, key: str) -> list | None:
+    """The list `key` that transformers derives for `config`, or None if it derives none."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:  # a remote-code architecture: nothing to derive from here
+        return None
+    return getattr(CONFIG_MAPPING[model_type].from_dict(config), key, None)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from surgery import __version__
+from surgery import __version__, durable
 from surgery.errors import SurgeryError
 from surgery.graph import STUDENT, TEACHER, Assembly, node
 from surgery.materialize.config import rewrite
@@ -166,7 +165,7 @@ def _run(job: _Job, force: bool) -> Path:
         provenance["build_key"] = key
         provenance["outputs"] = {p.name: fingerprint(p) for p in sorted(tmp.glob("*.safetensors"))}
         _write_json(tmp / PROVENANCE, provenance)
-        _swap(tmp, out)
+        durable.swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -258,17 +257,3 @@ def _digest(value) -> str:
 
 def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
-
-
-def _swap(tmp: Path, out: Path) -> None:
-    """Put `tmp` at `out`; an old `out` is moved aside first and removed after."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    os.rename(tmp, out)
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
