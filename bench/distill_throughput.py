@@ -15,6 +15,9 @@ Prints one JSON line per configuration as it goes (a failure, e.g. out of memory
 too), then a summary line with the ratios against the targets (>= 2.5x the baseline's tokens/s
 at micro-batch 2, <= 40% of its peak memory at micro-batch 8). Model TFLOP/s counts
 6*N_student + 2*N_teacher per token. `--tiny` runs a tiny shape, on CPU when there is no GPU.
+`--profile N` adds, per configuration, N profiled steps: the device's busy time per step (on a
+GPU, busy well under `step_ms` means the step waits on kernel launches, not on the GPU) and
+the ops that take most of it.
 
 Builds the layer layout from surgery.layout / surgery.graph directly: no recipe is parsed.
 """
@@ -172,7 +175,24 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=None):
+def profile_steps(step, device, steps: int, top: int = 15) -> dict:
+    """Busy time per step on the device and the ops that take most of it (self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    ms = lambda e: round(getattr(e, attr) / steps / 1e3, 3)  # noqa: E731
+    return {"busy_ms_per_step": round(sum(getattr(e, attr) for e in events) / steps / 1e3, 2),
+            "top": [{"op": e.key[:80], "ms_per_step": ms(e), "calls_per_step": round(e.count / steps, 1)}
+                    for e in events[:top]]}
+
+
+def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=None, profile=0):
     record = {"config": name, "micro_batch": micro_batch, "seq": shape["seq"], **(extra or {})}
     held = None
     try:
@@ -199,6 +219,8 @@ def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=No
             record["reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / GiB, 2)
         if estimate is not None:
             record["estimate_gib"] = round(estimate / GiB, 2)
+        if profile:
+            record["profile"] = profile_steps(step, device, profile)
     except torch.OutOfMemoryError:
         record["error"] = "out of memory"
     except Exception as err:  # one broken configuration must not lose the others
@@ -253,6 +275,8 @@ def main() -> int:
     parser.add_argument("--extras", action="store_true",
                         help="also: a pure-bf16 student, activation checkpointing, torch.compile")
     parser.add_argument("--budget-s", type=float, default=330, help="skip remaining configurations after this")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N steps of each configuration: device busy time and the top ops")
     args = parser.parse_args()
 
     t_start = time.perf_counter()
@@ -292,7 +316,7 @@ def main() -> int:
         if time.perf_counter() - t_start > args.budget_s:
             emit({"config": name, "micro_batch": mb, **extra, "skipped": "time budget"})
             continue
-        record = measure(name, make, mb, shape, device, fpt, args.warmup, args.steps, extra)
+        record = measure(name, make, mb, shape, device, fpt, args.warmup, args.steps, extra, args.profile)
         if not extra:
             results[(name, mb)] = record
 
