@@ -15,7 +15,7 @@ from surgery.compile import compile_file
 from surgery.inmemory import assemble
 from surgery.planning.measure import Measurer
 
-CASES = [("qwen3", True), ("llama", False), ("gpt2", True), ("gpt_neox", False)]
+CASES = [("qwen3", True), ("llama", False), ("gpt2", True), ("gpt_neox", False), ("gemma2", True), ("gemma3_text", True)]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,10 @@ def reference(teacher_dir, teacher, student, graph, assembly):
     config = AutoConfig.from_pretrained(teacher_dir)
     setattr(config, arch.depth, assembly.depth)
     setattr(config, arch.tie, graph.size(assembly).tied)
+    configs = {"teacher": teacher.config, "student": student.config}
+    for key in arch.per_layer:  # Gemma 3's local and global layers differ in their rotary base too
+        if getattr(config, key, None) is not None:
+            setattr(config, key, [getattr(configs[r.side], key)[r.index] for r in assembly.layers])
     model = AutoModelForCausalLM.from_config(config).eval()
     state = {}
     for name in model.state_dict():
@@ -82,7 +86,8 @@ def test_assembly_matches_the_teacher_the_student_and_a_hand_built_model(pairs, 
 
 
 # GPT-2 adds its position table to inputs_embeds: a segment fed a hidden state must not add it twice.
-@pytest.mark.parametrize("family,tied", [("qwen3", True), ("gpt2", True), ("gpt_neox", False)])
+@pytest.mark.parametrize("family,tied", [("qwen3", True), ("gpt2", True), ("gpt_neox", False), ("gemma2", True),
+                                        ("gemma3_text", True)])
 def test_measurer_scores_equal_whole_forwards_and_share_prefixes(pairs, family, tied):
     compiled, _, teacher, student = pairs(family, tied)
     g = compiled.graph

@@ -118,7 +118,7 @@ class Measurer:
 
     def _check_chaining(self) -> None:
         """Chained segments must reproduce a whole forward; a family whose forward rescales
-        `inputs_embeds` (Gemma) would not, and gets an error instead of wrong numbers."""
+        `inputs_embeds` would not, and gets an error instead of wrong numbers."""
         ids = self.batches[0][:1]
         with torch.inference_mode():
             whole = assemble(self.teacher, self.student, self.graph, self.graph.teacher)(ids, use_cache=False).logits
