@@ -25,12 +25,12 @@ def swap_into_place(tmp: Path, out: Path) -> None:
     """Make the finished directory `tmp` be `out`, replacing any `out` there was."""
     sync_tree(tmp)
     old = _aside(out)
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
+    _remove(old)
+    if out.exists() or out.is_symlink():
         os.replace(out, old)
     os.replace(tmp, out)
     _sync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
 
 
 def recover(out: Path) -> None:
@@ -42,6 +42,14 @@ def recover(out: Path) -> None:
 
 def _aside(out: Path) -> Path:
     return out.with_name(f".{out.name}.old")
+
+
+def _remove(path: Path) -> None:
+    """Delete what is at `path` (what `--force` replaced may be a file or a link), if anything."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _sync_dir(directory: Path) -> None:

@@ -1,0 +1,42 @@
+"""Directory swaps: the new directory lands whole, the old one leaves no trace, a crash between
+the two renames is undone by `recover`."""
+
+from __future__ import annotations
+
+from surgery import durable
+
+
+def _dir(path, **files):
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+def test_swap_into_an_empty_place(tmp_path):
+    tmp = _dir(tmp_path / ".out.tmp", a="new")
+    durable.swap_into_place(tmp, tmp_path / "out")
+    assert (tmp_path / "out" / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_swap_replaces_a_directory_or_a_file(tmp_path):
+    for old in ("dir", "file"):
+        out = tmp_path / old
+        if old == "dir":
+            _dir(out, a="old", b="old")
+        else:
+            out.write_text("old")
+        durable.swap_into_place(_dir(tmp_path / f".{old}.tmp", a="new"), out)
+        assert sorted(p.name for p in out.iterdir()) == ["a"] and (out / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]
+
+
+def test_recover_puts_back_the_old_directory_after_a_crash_between_the_renames(tmp_path):
+    out = tmp_path / "out"
+    _dir(tmp_path / ".out.old", a="old")  # the first rename happened, the second did not
+    durable.recover(out)
+    assert (out / "a").read_text() == "old" and not (tmp_path / ".out.old").exists()
+    _dir(tmp_path / ".out.old", a="older")
+    durable.recover(out)  # `out` is there: nothing to undo
+    assert (out / "a").read_text() == "old"
