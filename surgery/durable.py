@@ -1,4 +1,4 @@
-"""Directories that appear complete or not at all, and survive a power cut once they do.
+"""Directories that appear complete or not at all, and (when synced) survive a power cut.
 
 A directory is written under a temporary name, its files are fsynced, and it is renamed into
 place. Replacing an existing one takes two renames (old aside, new in); `recover` finishes the
@@ -21,15 +21,18 @@ def sync_tree(directory: Path) -> None:
         _sync_dir(Path(root))
 
 
-def swap_into_place(tmp: Path, out: Path) -> None:
-    """Make the finished directory `tmp` be `out`, replacing any `out` there was."""
-    sync_tree(tmp)
+def swap_into_place(tmp: Path, out: Path, *, sync: bool = True) -> None:
+    """Make the finished directory `tmp` be `out`, replacing any `out` there was. With `sync`,
+    `tmp`'s files reach the disk first, so the new `out` survives a power cut whole."""
+    if sync:
+        sync_tree(tmp)
     old = _aside(out)
     _remove(old)
     if out.exists() or out.is_symlink():
         os.replace(out, old)
     os.replace(tmp, out)
-    _sync_dir(out.parent)
+    if sync:
+        _sync_dir(out.parent)
     _remove(old)
 
 

@@ -40,6 +40,10 @@ def rewrite(config: dict, arch: Architecture, origins: tuple[int, ...], *, tied:
 
 def _derived(config: dict, key: str) -> list | None:
     """The list `key` that transformers derives for `config`, or None if it derives none."""
+    # transformers derives per-layer attention types from the sliding-window settings; without a
+    # window in use there is no pattern to keep, and transformers (with torch) is not imported.
+    if not config.get("sliding_window") or not config.get("use_sliding_window", True):
+        return None
     from transformers import CONFIG_MAPPING
 
     model_type = config.get("model_type")
