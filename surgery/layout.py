@@ -34,11 +34,16 @@ class Block:
 
 
 def kept_by_rule(first: int, every: int, last: int, n_teacher: int) -> tuple[int, ...]:
-    """The paper's (first, every, last) rule: 0..first-1, then every `every`, then the last `last`."""
-    head = list(range(first))
-    middle = list(range(first - 1 + every, n_teacher - last, every)) if first else []
-    tail = list(range(max(n_teacher - last, 0), n_teacher))
-    return tuple(sorted(set(head + middle + tail)))
+    """The paper's (first, every, last) rule, exactly as the authors' `get_layer_mappings` applies it.
+
+    Marks layers first+every-1, first+2*every-1, ... up to and including n_teacher-last, and
+    cuts the every-1 layers just before each mark. Everything else is kept, so when the marks
+    stop short of n_teacher-last the tail keeps more than `last` one-layer blocks
+    (12 layers, first 1 every 3 last 1: 0, 3, 6, 9, 10, 11).
+    """
+    marks = range(first + every - 1, n_teacher - last + 1, every)
+    cut = {mark - i for mark in marks for i in range(1, every)}
+    return tuple(layer for layer in range(n_teacher) if layer not in cut)
 
 
 def _layers(first: int, last: int) -> str:
