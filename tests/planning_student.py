@@ -6,6 +6,7 @@ noise, `save_pretrained`), so these tests do not depend on the materializer.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -33,4 +34,7 @@ def save_student(teacher_dir: Path, graph, out: Path, noise: float = 0.05, seed:
             p.add_(torch.randn_like(p) * noise)
     student.save_pretrained(out)
     AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
+    # What the authors' trainer writes beside its student, and what surgery checks the layers by.
+    (Path(out) / "student_config.json").write_text(json.dumps(
+        {"pruned_teacher_layers": list(graph.pruned), "copied_teacher_layers": list(graph.kept)}))
     return out

@@ -71,7 +71,7 @@ def test_run_writes_everything_and_a_rerun_skips_it(teacher, tmp_path):
     log = run(recipe)
     assert statuses(log)["distill"] == "skipped"  # this recipe has no distill block
     run_dir = tmp_path / "run"
-    for name in ("plan.yaml", "metrics.jsonl", "state.json", "evaluation.json", "report/results.json",
+    for name in ("run.yaml", "metrics.jsonl", "state.json", "evaluation/evaluation.json", "report/results.json",
                  "report/results.md", "report/curve.png", "pruned-student/config.json", "models/5L/config.json",
                  "naive-pruning/5L/config.json"):
         assert (run_dir / name).is_file(), name
@@ -86,7 +86,7 @@ def test_run_writes_everything_and_a_rerun_skips_it(teacher, tmp_path):
     log = run(recipe)
     assert set(statuses(log).values()) == {"up to date", "skipped"}
     changed = {p for p, t in mtimes(run_dir).items() if before.get(p) != t}
-    assert {p.name for p in changed} <= {"state.json", "plan.yaml"}  # records only; no model or report rewritten
+    assert {p.name for p in changed} <= {"state.json", "run.yaml"}  # records only; no model or report rewritten
 
 
 def test_changed_inputs_rerun_exactly_the_stages_that_read_them(teacher, tmp_path):
@@ -179,7 +179,7 @@ def test_cli_prints_the_table_and_reports_interrupts(teacher, tmp_path, capsys, 
 def test_evaluate_command(teacher, tmp_path, capsys):
     recipe = make_recipe(tmp_path, teacher)
     assert main(["evaluate", str(recipe)]) == 1  # nothing emitted yet
-    assert "no student model at" in capsys.readouterr().err
+    assert "error: no emit output at" in capsys.readouterr().err
     run(recipe)
     results = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
     five = next(m for m in results["models"] if m["name"] == "5L")
@@ -203,7 +203,7 @@ emit "run/models/{layers}L" {
 }""")
     got = statuses(run(recipe))
     assert got["plan"] == got["emit"] == "done" and got["evaluate"] == "skipped"
-    planned = json.loads((tmp_path / "run" / "plan" / "plan.json").read_text())["steps"]
+    planned = json.loads((tmp_path / "run" / "schedule" / "schedule.json").read_text())["steps"]
     assert [s["kl"] is not None for s in planned] == [True, True]  # measured on the calibration text
     for step in planned:
         provenance = json.loads((tmp_path / "run" / "models" / f"{step['depth']}L" / "provenance.json").read_text())

@@ -19,9 +19,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from surgery.compile import compile_file
-    from surgery.distill.train import run as distill
+    from surgery.stages import Context, distill
 
-    compiled = compile_file(args.recipe)
-    distill(compiled, dry_run=args.dry_run, progress=not args.no_progress, tensorboard=args.tensorboard,
-            stop_after=args.stop_after)
+    distill.run(Context(compile_file(args.recipe)), dry_run=args.dry_run, progress=not args.no_progress,
+                tensorboard=args.tensorboard, stop_after=args.stop_after)
     return 0

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-
-HELP = "write every size in the recipe's patch schedule to its `emit` path"
+HELP = "write every size in the recipe's patch schedule (the plan's, for a measured order) to its `emit` path"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", metavar="RECIPE")
-    parser.add_argument("--force", action="store_true", help="replace outputs that exist and differ")
+    parser.add_argument("--force", action="store_true", help="replace outputs that surgery made and that differ")
 
 
 def run(args) -> int:
     from surgery.compile import compile_file
-    from surgery.materialize import emit
+    from surgery.stages import Context, emit
 
-    compiled = compile_file(args.recipe)
-    for out in emit(compiled, force=args.force):
-        print(out)
-    planned = sum(step.assembly is None for step in compiled.steps)
-    if planned:
-        print(f"surgery: skipped {planned} sizes whose layers `order {compiled.recipe.patch.order}` "
-              "chooses by measurement; plan them first", file=sys.stderr)
+    made = emit.run(Context(compile_file(args.recipe)), force=args.force)
+    for model in made.manifest["outputs"]["models"]:
+        print(model["dir"])
     return 0

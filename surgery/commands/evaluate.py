@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-HELP = "score the recipe's models (or the given model directories) and write the report; cached"
+import sys
+
+HELP = "score the student, what `emit` wrote and the teacher (or the given model directories); cached"
 
 
 def add_arguments(parser) -> None:
@@ -13,33 +15,21 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from surgery.compile import compile_file
-    from surgery.errors import SurgeryError
-    from surgery.pipeline import run_pipeline
-
-    compiled = compile_file(args.recipe)
-    block = compiled.recipe.evaluate
-    if block is None or (block.perplexity is None and not block.tasks):
-        raise SurgeryError("the recipe has no `evaluate` block with perplexity or tasks", file=compiled.recipe.path,
-                           hint='add e.g. `evaluate { perplexity text "held-out/*.txt" }`')
-    if not args.models:
-        run_pipeline(compiled, only=("evaluate", "report"))
-        return 0
-    from surgery.evaluate.cache import ResultCache
     from surgery.evaluate.lmeval import primary_metric
-    from surgery.evaluate.suite import Evaluator
-    from surgery.fingerprint import Digests
-    from surgery.pipeline import run_dir
+    from surgery.stages import Context, evaluate, report
 
-    cache_root = run_dir(compiled)
-    evaluator = Evaluator(compiled.recipe, ResultCache(cache_root / "eval-cache"), Digests(cache_root / "digests.json"),
-                          device=args.device)
-    for directory in map(Path, args.models):
-        if not directory.is_dir():
-            raise SurgeryError(f"no model directory {directory}")
-        scores = evaluator.score(directory)
+    ctx = Context(compile_file(args.recipe), device=args.device)
+    if not args.models:
+        done = ctx.fresh(evaluate.directory(ctx), evaluate.NAME, evaluate.inputs(ctx))
+        if done is not None and evaluate.intact(ctx, done):
+            print(f"{done.path}: up to date", file=sys.stderr)
+        else:
+            evaluate.run(ctx)
+        for path in report.run(ctx):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
+    for directory, scores in evaluate.score(ctx, args.models):
         cells = [] if scores.perplexity is None else [f"perplexity {scores.perplexity:.3f}"]
         for task, values in scores.tasks.items():
             metric, value = primary_metric(values) or ("?", float("nan"))

@@ -7,16 +7,15 @@ HELP = "write the pruned student (teacher layers, or `init random`) to the stude
 
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", metavar="RECIPE")
-    parser.add_argument("--force", action="store_true", help="replace an existing student directory")
+    parser.add_argument("--force", action="store_true", help="replace an existing student directory surgery made")
 
 
 def run(args) -> int:
     from surgery.compile import compile_file
-    from surgery.materialize import init_student
+    from surgery.stages import Context, init_student
 
-    compiled = compile_file(args.recipe)
-    out = init_student(compiled, force=args.force)
-    g = compiled.graph
-    print(f"{out}: {g.n_student}-layer student ({compiled.recipe.student.init} init) "
-          f"of the {g.n_teacher}-layer teacher")
+    ctx = Context(compile_file(args.recipe))
+    out = init_student.run(ctx, force=args.force)
+    g = ctx.graph
+    print(f"{out}: {g.n_student}-layer student ({ctx.recipe.student.init} init) of the {g.n_teacher}-layer teacher")
     return 0

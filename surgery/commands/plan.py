@@ -4,53 +4,34 @@ from __future__ import annotations
 
 import sys
 
-HELP = "print the patch schedule (sizes, patched sets, KL to the teacher) and write plan.json and plan.png"
+HELP = "print the patch schedule (sizes, patched sets, KL to the teacher) and write schedule.json and schedule.png"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", metavar="RECIPE")
-    parser.add_argument("--out", metavar="DIR", help="where plan.json and plan.png go (default: beside the student)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where schedule.json and schedule.png go (default: RUN/schedule, beside the student)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--compare", default=",".join(("last_to_first", "first_to_last", "klpatch", "optimal")),
                         metavar="ORDERS", help="orders to measure for the plot, comma-separated, or `none`")
 
 
 def run(args) -> int:
-    import json
     from pathlib import Path
 
-    from surgery.commands._output import write_atomic
     from surgery.compile import compile_file
     from surgery.errors import SurgeryError
-    from surgery.planning import models
-    from surgery.planning.plan import ORDERS, plan
+    from surgery.planning.plan import ORDERS
+    from surgery.stages import Context, plan
 
-    compiled = compile_file(args.recipe)
+    ctx = Context(compile_file(args.recipe), device=args.device)
     compare = () if args.compare == "none" else tuple(o.strip() for o in args.compare.split(","))
     unknown = [o for o in compare if o not in ORDERS]
     if unknown:
         raise SurgeryError(f"unknown order `{unknown[0]}` in --compare", hint=f"orders: {', '.join(ORDERS)}")
-    note = models.missing(compiled)
-    measure = calibration = None
-    if note is None:
-        loaded = models.load(compiled, args.device)
-        measure, calibration = loaded.measurer.kl, loaded.info
-    result = plan(compiled, measure, compare, calibration, note)
-    if measure is not None:
-        calibration["passes"] = round(loaded.measurer.passes, 2)
-
+    made, result = plan.run(ctx, compare=compare, out=Path(args.out) if args.out else None)
     print(_table(result))
-    out = Path(args.out) if args.out else compiled.student_dir.parent / "plan"
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "plan.json", json.dumps(result.to_json(), indent=1) + "\n")
-    written = [out / "plan.json"]
-    if result.curves:
-        from surgery.planning.plot import size_curves
-
-        points = {name: [(e.params, e.kl) for e in entries] for name, entries in result.curves.items()}
-        write_atomic(out / "plan.png", size_curves(points, f"{Path(args.recipe).name}: KL to the teacher by size"))
-        written.append(out / "plan.png")
-    for path in written:
+    for path in sorted(made.path.iterdir()):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -16,11 +16,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from surgery.compile import compile_file
-    from surgery.pipeline import report_dir, run_pipeline
+    from surgery.pipeline import run_pipeline
 
     compiled = compile_file(args.recipe)
-    run_pipeline(compiled, start=args.start, force=args.force)
-    table = report_dir(compiled) / "results.md"
+    ran = run_pipeline(compiled, start=args.start, force=args.force)
+    table = ran.ctx.report_dir / "results.md"
     if compiled.recipe.evaluate and table.is_file():
         print(table.read_text(), end="")
     return 0

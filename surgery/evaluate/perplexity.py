@@ -12,13 +12,13 @@ forward pass. Logits are upcast to fp32 one row at a time, never for the whole b
 
 from __future__ import annotations
 
-import glob
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from surgery import devices
 from surgery.errors import SurgeryError
+from surgery.globs import matching
 
 BATCH_TOKENS = 8192  # tokens per forward pass; windows per batch = BATCH_TOKENS // seq
 
@@ -58,7 +58,7 @@ def windows(n: int, seq: int, stride: int, doc: int = 0) -> list[Window]:
 
 def text_files(pattern: Path | str) -> list[Path]:
     """The files a `perplexity text` glob names, sorted; an error when there are none."""
-    files = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+    files = matching(pattern)
     if not files:
         raise SurgeryError(f"no files match the perplexity text glob {pattern}",
                            hint="the glob is relative to the recipe's directory")
