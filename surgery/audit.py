@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from surgery import layout
+from surgery.recipe.ast import KeepRule
 from surgery.recipe.units import format_bytes, format_count
 
 if TYPE_CHECKING:  # the graph pulls in networkx; the CLI imports this module for FORMATS alone
@@ -77,6 +79,9 @@ class Audit:
     sizes_spec: str
     emit_dtype: str
     sizes: tuple[SizeRow, ...]
+    # The pairs the authors' get_layer_mappings aligns for this `keep first/every/last` rule,
+    # when they differ from the graph's (docs/language.md says when and why); else None.
+    authors_pairs: tuple[tuple[int, int], ...] | None = None
 
 
 def _count(graph: LayerGraph, assembly) -> ModelCount:
@@ -123,6 +128,11 @@ def build(compiled, name: str | None = None) -> Audit:
                             assembly.depth, size.params, size.params_untied, size.tied,
                             size.bytes(compiled.emit_dtype), emit))
     cosine = [loss.weight for loss in recipe.distill.losses if loss.kind == "cosine"] if recipe.distill else []
+    authors = None
+    if isinstance(recipe.student.layers, KeepRule):
+        rule = recipe.student.layers
+        authors = layout.authors_aligned_pairs(rule.first, rule.every, rule.last, graph.n_teacher)
+        authors = None if set(authors) == set(pairs) else authors
     return Audit(
         recipe=name or str(recipe.path),
         teacher_source=recipe.teacher.source,
@@ -143,6 +153,7 @@ def build(compiled, name: str | None = None) -> Audit:
         sizes_spec=sizes_text(recipe.patch.sizes),
         emit_dtype=compiled.emit_dtype,
         sizes=tuple(rows),
+        authors_pairs=authors,
     )
 
 
@@ -254,12 +265,24 @@ def _notes(a: Audit) -> dict[str, str]:
                    + cosine,
         "sizes": "",
     }
+    if a.authors_pairs is not None:
+        ours = {r.aligned for r in a.mapping} | {a.embedding_pair}
+        theirs = set(a.authors_pairs)
+        notes["mapping"] += (" The authors' get_layer_mappings aligns other pairs for this rule: it leaves out "
+                             f"{_pairs(ours - theirs)}" + (f" and aligns {_pairs(theirs - ours)} instead"
+                                                           if theirs - ours else "")
+                             + "; surgery aligns every student output with the end of its own block "
+                               "(docs/language.md).")
     if a.measured:
         notes["sizes"] = (f"`{a.order}` picks the patched layers at plan time, from calibration data. Depth and "
                           "size (~) are shown for the last patchable blocks, the estimate `sizes` is fitted with. "
                           "They hold for any choice when the patchable blocks have equal shapes, except that "
                           "a tied head is untied when the first block is patched and the last is not.")
     return notes
+
+
+def _pairs(pairs) -> str:
+    return ", ".join(_pair(p) for p in sorted(pairs))
 
 
 def _schedule_title(a: Audit) -> str:
@@ -292,7 +315,10 @@ def to_table(a: Audit) -> str:
     notes = _notes(a)
     out = [f"audit of {a.recipe}", ""]
     out += _text_table(_SUMMARY_HEAD, _summary_rows(a)) + ["", "mapping:"]
-    out += _text_table(_MAPPING_HEAD, _mapping_rows(a)) + ["", _schedule_title(a) + ":"]
+    out += _text_table(_MAPPING_HEAD, _mapping_rows(a))
+    if a.authors_pairs is not None:
+        out += ["", notes["mapping"]]
+    out += ["", _schedule_title(a) + ":"]
     out += _text_table(_size_head(a), _size_rows(a))
     if notes["sizes"]:
         out += ["", notes["sizes"]]

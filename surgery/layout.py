@@ -46,6 +46,23 @@ def kept_by_rule(first: int, every: int, last: int, n_teacher: int) -> tuple[int
     return tuple(layer for layer in range(n_teacher) if layer not in cut)
 
 
+def authors_aligned_pairs(first: int, every: int, last: int, n_teacher: int) -> tuple[tuple[int, int], ...]:
+    """The (student, teacher) hidden-state pairs the authors' `get_layer_mappings` aligns for a rule.
+
+    Equal to the layer graph's pairs when the marks reach n_teacher-last. When they stop short,
+    the authors' tail loop still starts at n_teacher-last+1, so it leaves pairs out and shifts
+    the ones it keeps (docs/language.md lists both cases). Used to show the difference in audits.
+    """
+    marks = range(first + every - 1, n_teacher - last + 1, every)
+    pairs = [(i, i) for i in range(first)] + [(first + j, mark) for j, mark in enumerate(marks)]
+    student = first + len(marks) - 1 if len(marks) else 0
+    for teacher in range(n_teacher - last + 1, n_teacher):
+        student += 1
+        pairs.append((student, teacher))
+    pairs.append((len(kept_by_rule(first, every, last, n_teacher)), n_teacher))  # final <-> final
+    return tuple(pairs)
+
+
 def _layers(first: int, last: int) -> str:
     """'layer 2' or 'layers 2..4', for messages."""
     return f"layer {first}" if first == last else f"layers {first}..{last}"

@@ -77,6 +77,8 @@ def test_alignment_pairs_equal_the_authors_except_where_documented():
     for case in CASES:
         graph = _graph(case)
         ours, theirs = set(graph.aligned_pairs), _authors_pairs(case, graph)
+        rule = (case["first"], case["every"], case["last"], case["teacher_layers"])
+        assert set(layout.authors_aligned_pairs(*rule)) == theirs  # what audit shows as the authors' pairs
         if not _marks_fall_short(case):
             assert ours == theirs, case
             equal += 1
@@ -98,3 +100,23 @@ def test_documented_examples():
     assert left_out.aligned_pairs == ((0, 0), (1, 2), (2, 3), (3, 4))  # authors: (0,0) (1,2) (3,4)
     shifted = _graph({"teacher_layers": 5, "first": 1, "every": 2, "last": 2})
     assert shifted.aligned_pairs == ((0, 0), (1, 2), (2, 3), (3, 4), (4, 5))  # authors: (0,0) (1,2) (2,4) (4,5)
+
+
+def test_audit_shows_where_the_authors_pairs_differ(tmp_path):
+    from surgery.audit import build, render
+    from surgery.compile import compile_file
+
+    teacher = Path(__file__).resolve().parents[1] / "recipes" / "assets" / "tiny-teacher"  # 12 layers
+    recipe = tmp_path / "r.boom"
+    for rule, differs in (("first 1 every 3 last 1", True), ("first 1 every 2 last 1", False)):
+        recipe.write_text(f'boom 1\nteacher "{teacher}" {{\n    dtype fp32\n}}\nstudent "s" {{\n    keep {rule}\n}}\n')
+        compiled = compile_file(recipe)
+        audit = build(compiled)
+        assert (audit.authors_pairs is not None) == differs
+        table = render(compiled, "table")
+        if differs:
+            assert audit.authors_pairs == ((0, 0), (1, 3), (2, 6), (3, 9), (6, 12))
+            assert "the authors' get_layer_mappings aligns other pairs for this rule: it leaves out 4 ↔ 10, " \
+                   "5 ↔ 11;" in table.replace("The authors'", "the authors'")
+        else:
+            assert "get_layer_mappings" not in table
