@@ -108,7 +108,7 @@ def test_audit_shows_where_the_authors_pairs_differ(tmp_path):
 
     teacher = Path(__file__).resolve().parents[1] / "recipes" / "assets" / "tiny-teacher"  # 12 layers
     recipe = tmp_path / "r.boom"
-    for rule, differs in (("first 1 every 3 last 1", True), ("first 1 every 2 last 1", False)):
+    for rule, differs in (("first 1 every 3 last 1", True), ("first 1 every 2 last 2", False)):
         recipe.write_text(f'boom 1\nteacher "{teacher}" {{\n    dtype fp32\n}}\nstudent "s" {{\n    keep {rule}\n}}\n')
         compiled = compile_file(recipe)
         audit = build(compiled)
