@@ -99,26 +99,15 @@ class LayerGraph:
 
     @property
     def kept(self) -> tuple[int, ...]:
-        return tuple(b.init for b in self.blocks)
+        return tuple(self.init_of(i) for i in range(self.n_student))
 
     @property
     def pruned(self) -> tuple[int, ...]:
         kept = set(self.kept)
         return tuple(i for i in range(self.n_teacher) if i not in kept)
 
-    @property
-    def aligned_pairs(self) -> tuple[tuple[int, int], ...]:
-        """(student hidden index, teacher hidden index) pairs for the cosine loss.
-
-        0 is the embedding output; student i is the output of student layer i-1, paired with
-        the output of the last teacher layer of its block; the last pair is final <-> final.
-        """
-        pairs = [(0, 0)]
-        pairs += [(b.student + 1, b.last + 1) for b in self.blocks[:-1]]
-        pairs.append((self.n_student, self.n_teacher))
-        return tuple(pairs)
-
     def _build(self) -> nx.MultiDiGraph:
+        """The graph, from the blocks: the one place the blocks are read; the queries below read the graph."""
         g = nx.MultiDiGraph(name="layer graph")
         for side, depth in ((TEACHER, self.n_teacher), (STUDENT, self.n_student)):
             g.add_node(node(side, "embed"), side=side, kind="embed")
@@ -140,14 +129,40 @@ class LayerGraph:
         for prev, nxt in zip(self.blocks, self.blocks[1:]):
             g.add_edge(node(STUDENT, prev.student), node(TEACHER, nxt.init), key="flow")
             g.add_edge(node(TEACHER, prev.last), node(STUDENT, nxt.student), key="flow")
-        # Alignment pairs, as edges between the nodes whose outputs are compared.
-        s_out = [node(STUDENT, "embed")] + [node(STUDENT, i) for i in range(self.n_student - 1)]
-        t_out = [node(TEACHER, "embed")] + [node(TEACHER, b.last) for b in self.blocks[:-1]]
-        for (s_idx, t_idx), s, t in zip(self.aligned_pairs, s_out, t_out):
-            g.add_edge(s, t, key="aligns", hidden=(s_idx, t_idx))
+        # Alignment: student hidden state 0 (the embedding output) with the teacher's; the output
+        # of student layer i with the output of the last teacher layer of its block; final with final.
+        g.add_edge(node(STUDENT, "embed"), node(TEACHER, "embed"), key="aligns", hidden=(0, 0))
+        for b in self.blocks[:-1]:
+            g.add_edge(node(STUDENT, b.student), node(TEACHER, b.last), key="aligns",
+                       hidden=(b.student + 1, b.last + 1))
         g.add_edge(node(STUDENT, "final"), node(TEACHER, "final"), key="aligns",
                    hidden=(self.n_student, self.n_teacher))
         return g
+
+    def _edges(self, kind: str):
+        return ((u, v, data) for u, v, k, data in self.graph.edges(keys=True, data=True) if k == kind)
+
+    @cached_property
+    def aligned_pairs(self) -> tuple[tuple[int, int], ...]:
+        """(student hidden index, teacher hidden index) pairs for the cosine loss: the `aligns` edges."""
+        return tuple(sorted(data["hidden"] for _, _, data in self._edges("aligns")))
+
+    @cached_property
+    def _init(self) -> dict[int, int]:
+        """Student layer -> the teacher layer it is initialised from: the `init` edges between layers."""
+        nodes = self.graph.nodes
+        return {nodes[v]["index"]: nodes[u]["index"] for u, v, _ in self._edges("init") if "index" in nodes[v]}
+
+    def init_of(self, student_layer: int) -> int:
+        return self._init[student_layer]
+
+    @cached_property
+    def _flow(self) -> dict[str, list[str]]:
+        """Each node's successors along `flow` edges, as plain lists: the walk below runs per model."""
+        out: dict[str, list[str]] = {n: [] for n in self.graph.nodes}
+        for u, v, _ in self._edges("flow"):
+            out[u].append(v)
+        return out
 
     def flow_graph(self) -> nx.DiGraph:
         """The forward-order edges alone: its embed->final paths are the buildable models."""
@@ -155,27 +170,36 @@ class LayerGraph:
 
     # ------------------------------------------------------------------ models on the graph
     def assemble(self, patched) -> Assembly:
-        """The model with the student layers in `patched` replaced by their teacher blocks."""
+        """The model with the student layers in `patched` replaced by their teacher blocks: the
+        path from an embed node to a final node that enters teacher block i exactly for the i
+        in `patched`."""
         patched = frozenset(patched)
         bad = sorted(i for i in patched if not 0 <= i < self.n_student)
         if bad:
             raise SurgeryError(f"no student layer s{bad[0]}",
                                hint=f"the student has {self.n_student} layers (s0..s{self.n_student - 1})")
-        layers: list[LayerRef] = []
-        for b in self.blocks:
-            if b.student in patched:
-                layers.extend(LayerRef(TEACHER, t) for t in b.teacher)
-            else:
-                layers.append(LayerRef(STUDENT, b.student))
-        side = lambda b: TEACHER if b.student in patched else STUDENT  # noqa: E731
-        return Assembly(patched, tuple(layers), side(self.blocks[0]), side(self.blocks[-1]))
+        path = self.path(patched)
+        nodes = self.graph.nodes
+        layers = tuple(LayerRef(nodes[n]["side"], nodes[n]["index"]) for n in path[1:-1])
+        return Assembly(patched, layers, nodes[path[0]]["side"], nodes[path[-1]]["side"])
 
-    def path(self, assembly: Assembly) -> list[str]:
-        """The assembly as a path of node names through the flow graph."""
-        nodes = [node(assembly.embeddings, "embed")]
-        nodes += [node(r.side, r.index) for r in assembly.layers]
-        nodes.append(node(assembly.final, "final"))
-        return nodes
+    def path(self, patched) -> list[str]:
+        """The flow-graph path of the model patching `patched`: at every fork take the node whose
+        side is the one its block is on in this model."""
+        nodes, last = self.graph.nodes, self.n_student - 1
+
+        def wanted(n: str) -> bool:
+            data = nodes[n]
+            block = data.get("block_of", data.get("index")) if data["kind"] == "layer" else \
+                (0 if data["kind"] == "embed" else last)
+            return data["side"] == (TEACHER if block in patched else STUDENT)
+
+        here = node(TEACHER if 0 in patched else STUDENT, "embed")
+        path = [here]
+        while nodes[here]["kind"] != "final":
+            here = next(v for v in self._flow[here] if wanted(v))
+            path.append(here)
+        return path
 
     def sequential(self, order: str, k: int) -> Assembly:
         """The authors' sequential patching with k patchable blocks patched.
@@ -237,7 +261,7 @@ class LayerGraph:
 
     def size(self, assembly: Assembly) -> Size:
         per_layer, embeddings, final, head = self.part_params
-        layers = sum(per_layer[r.index if r.side == TEACHER else self.blocks[r.index].init] for r in assembly.layers)
+        layers = sum(per_layer[r.index if r.side == TEACHER else self.init_of(r.index)] for r in assembly.layers)
         untied = layers + embeddings + final + head
         tied = self.tied and assembly.embeddings == assembly.final
         return Size(params=untied - head if tied else untied, params_untied=untied, tied=tied)

@@ -115,7 +115,7 @@ def test_graph_nodes_and_edge_kinds():
 def test_every_model_is_a_path_and_every_path_a_model():
     g = compile_file(TINY / "map.boom").graph
     flow = g.flow_graph()
-    models = {tuple(g.path(g.assemble(p))) for p in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]}
+    models = {tuple(g.path(p)) for p in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]}
     paths = {tuple(p) for src in ("T.embed", "S.embed") for dst in ("T.final", "S.final")
              for p in nx.all_simple_paths(flow, src, dst)}
     assert models == paths  # 2 choices per block, 3 blocks
@@ -128,7 +128,9 @@ def test_assembly_sides_of_embeddings_and_head():
     assert (a.embeddings, a.final) == (TEACHER, STUDENT)
     a = g.assemble({2})
     assert (a.embeddings, a.final) == (STUDENT, TEACHER)
-    assert g.path(a)[-3:] == [node(TEACHER, 4), node(TEACHER, 5), node(TEACHER, "final")]
+    assert g.path(a.patched)[-3:] == [node(TEACHER, 4), node(TEACHER, 5), node(TEACHER, "final")]
+    # The assembly is read off its path: every layer node on it, in order.
+    assert [node(r.side, r.index) for r in a.layers] == g.path(a.patched)[1:-1]
     assert g.teacher.depth == 6 and g.student.depth == 3
 
 

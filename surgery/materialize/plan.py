@@ -66,7 +66,7 @@ def plan(graph: LayerGraph, assembly: Assembly, sources: Mapping[str, TensorInde
     """The output tensors of `assembly`, read from `sources[side]`.
 
     `student_layer` maps a student layer to the layer of `sources['student']` that holds it:
-    the identity for a student directory; `blocks[i].init` when the pruned student is read
+    the identity for a student directory; `graph.init_of` when the pruned student is read
     straight from the teacher's files.
     """
     arch = graph.arch
@@ -84,7 +84,7 @@ def plan(graph: LayerGraph, assembly: Assembly, sources: Mapping[str, TensorInde
 
     origins = []
     for j, r in enumerate(assembly.layers):
-        origin = r.index if r.side == TEACHER else graph.blocks[r.index].init
+        origin = r.index if r.side == TEACHER else graph.init_of(r.index)
         held = r.index if r.side == TEACHER else student_layer(r.index)
         if origin not in ref.layers:
             raise SurgeryError(f"{ref.where}: the teacher has no tensors under `{arch.layer_prefix(origin)}`",

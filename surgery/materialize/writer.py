@@ -95,7 +95,7 @@ def init_student(compiled, *, force: bool = False) -> Path:
 
         def make_plan(scratch: Path) -> Plan:
             return plan(graph, graph.student, {STUDENT: teacher}, teacher,
-                        student_layer=lambda i: graph.blocks[i].init)
+                        student_layer=graph.init_of)
     job = _Job(compiled, graph.student, compiled.student_dir, recipe.teacher.dtype, _default_shard(compiled),
                {TEACHER: teacher}, make_plan, init)
     return _run(job, force)
@@ -141,7 +141,7 @@ def _run(job: _Job, force: bool) -> Path:
                                hint="write the model somewhere else")
     graph = job.compiled.graph
     tied = graph.tied and job.assembly.embeddings == job.assembly.final
-    origins = tuple(r.index if r.side == TEACHER else graph.blocks[r.index].init for r in job.assembly.layers)
+    origins = tuple(r.index if r.side == TEACHER else graph.init_of(r.index) for r in job.assembly.layers)
     config = rewrite(graph.teacher_config, graph.arch, origins, tied=tied, dtype=job.dtype)
     inputs = {role: {p: fingerprint(p) for p in index.files} for role, index in job.inputs.items()}
     provenance = _provenance(job, tied, inputs)
