@@ -9,8 +9,10 @@
 Each checkpoint is written into a hidden temporary directory and renamed into place, so one
 either exists complete or not at all; `kill -9` at any moment leaves the last good one. The
 newest KEEP are kept. Weights that are not finite are never checkpointed, and a checkpoint whose
-weights give a non-finite loss is discarded (train.py), so the newest is always a good one. Every process reads a checkpoint (multi-node runs need the directory on a
-shared filesystem); the main process alone writes.
+weights give a non-finite loss is discarded (train.py), so a rerun resumes from the last one
+whose weights gave a finite step.
+Every process reads a checkpoint (multi-node runs need the directory on a shared filesystem);
+the main process alone writes.
 """
 
 from __future__ import annotations
