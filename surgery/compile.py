@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from surgery import arch as arch_registry
-from surgery import layout, schedule, source
+from surgery import layout, outputs, schedule, source
 from surgery.errors import SurgeryError
 from surgery.graph import LayerGraph
 from surgery.recipe.ast import Recipe
@@ -111,23 +111,12 @@ def _placeholders(emit) -> set[str]:
 
 
 def _check_paths(compiled: Compiled) -> None:
-    recipe, teacher = compiled.recipe, compiled.teacher
-    teacher_dir = teacher.directory.resolve() if teacher.directory else None
-    if teacher_dir is not None and compiled.student_dir == teacher_dir:
-        raise SurgeryError("the student directory is the teacher's directory", pos=recipe.student.pos,
-                           hint="write the student somewhere else, e.g. runs/NAME/student")
-    emit = recipe.emit
+    outputs.check_student(compiled)
+    emit = compiled.recipe.emit
     if emit is None:
         return
     fields = _placeholders(emit)
     if len(compiled.steps) > 1 and not fields:
         raise SurgeryError(f"the emit path has no placeholder, but {len(compiled.steps)} sizes are emitted",
                            pos=emit.pos, hint='add one, e.g. "runs/models/{layers}L"')
-    for step in compiled.steps:
-        if step.assembly is None:
-            continue
-        out = compiled.emit_dir(step.assembly)
-        for clash, what in ((teacher_dir, "teacher's"), (compiled.student_dir, "student's")):
-            if out == clash:
-                raise SurgeryError(f"the emit path {out} is the {what} directory", pos=emit.pos,
-                                   hint="emit into a directory of its own")
+    outputs.emit_paths(compiled)

@@ -2,14 +2,45 @@
 
 A directory is written under a temporary name, its files are fsynced, and it is renamed into
 place. Replacing an existing one takes two renames (old aside, new in); `recover` finishes the
-swap if a crash fell between them.
+swap if a crash fell between them, and `clean` also removes what a killed run left beside the
+target: `.NAME.XXXXXXXX.tmp` and `.NAME.XXXXXXXX.scratch` directories (the names `temp_dir`
+gives) and `.NAME.old`. Nothing of another name is touched. One run writes one target at a time.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 from pathlib import Path
+
+# tempfile's alphabet and length, so leftovers of versions that used tempfile match too.
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_KINDS = ("tmp", "scratch")
+
+
+def temp_dir(out: Path, kind: str = "tmp") -> Path:
+    """A new empty directory `.NAME.XXXXXXXX.KIND` beside `out`. Unlike tempfile's (0700), it is
+    made with the umask's permissions, as `cp` or `mkdir` would make it."""
+    while True:
+        path = out.with_name(f".{out.name}.{''.join(secrets.choice(_ALPHABET) for _ in range(8))}.{kind}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def clean(out: Path) -> None:
+    """Finish or undo an interrupted swap of `out`, then remove the leftovers of killed writes."""
+    recover(out)
+    if not out.parent.is_dir():
+        return
+    ours = re.compile(rf"\.{re.escape(out.name)}(?:\.[{_ALPHABET}]{{8}}\.(?:{'|'.join(_KINDS)})|\.old)")
+    for path in out.parent.iterdir():
+        if ours.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
 
 
 def sync_tree(directory: Path) -> None:

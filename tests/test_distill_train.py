@@ -15,6 +15,7 @@ import torch
 from distill_support import distill_recipe, documents, jsonl_corpus, make_student
 from safetensors.torch import load_file
 
+from surgery.cli import main
 from surgery.compile import compile_file
 from surgery.distill import checkpoint
 from surgery.distill.train import run as distill_run
@@ -168,16 +169,60 @@ def test_cli_needs_the_student(tmp_path, teachers, corpus):
     assert f"run `surgery init-student {recipe}` first" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, teachers, corpus):
-    body = BODY.replace("lr 1e-3", "lr 1e30").replace("every 2 steps", "every 1 steps")
-    _, compiled = _setup(tmp_path, teachers("qwen3"), corpus, body)
-    with pytest.raises(SurgeryError, match=r"the loss is not finite at step \d") as err:
-        distill_run(compiled, progress=False)
+def test_a_diverging_run_stops_keeps_the_last_good_checkpoint_and_the_hint_fixes_it(tmp_path, teachers, corpus,
+                                                                                   capsys):
+    body = BODY.replace("every 2 steps", "every 1 steps")
+    recipe, compiled = _setup(tmp_path, teachers("qwen3"), corpus, body)
     root = checkpoint.directory(compiled.student_dir)
-    last = checkpoint.latest(root)
-    assert last is not None and f"the last good checkpoint, {last.name}, is intact" in err.value.hint
-    weights = load_file(last / "model.safetensors")
-    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert main(["distill", str(recipe), "--no-progress", "--stop-after", "2"]) == 0
+    # lr 1e30 from step 3 on: step 3's update throws the weights to ~1e30 (finite, and
+    # checkpointed), and step 4's gradients are not finite.
+    recipe.write_text(recipe.read_text().replace("lr 1e-3", "lr 1e30"))
+    capsys.readouterr()
+    assert main(["distill", str(recipe), "--no-progress"]) == 1
+    err = capsys.readouterr().err  # progress, then the error
+    assert "note: resuming with a changed optimizer lr 0.001 -> 1e+30" in err and "Traceback" not in err
+    first, *_, hint = err[err.index(f"{recipe}:"):].splitlines()
+    assert first.startswith(f"{recipe}:11:1: error: the loss is not finite at step 4 (")
+    assert hint == ("  hint: lower `lr` on the optimizer line (a resume accepts a changed `lr`, `clip` or schedule) "
+                    "or check the data; the last good checkpoint, step-000002, is intact, and rerunning the same "
+                    "command resumes from it")
+    # step-000003 held the weights that gave the non-finite loss: it is gone, step-000002 is the newest.
+    assert checkpoint.latest(root).name == "step-000002" and sorted(p.name for p in root.iterdir()) == ["step-000002"]
+    assert all(w.abs().max() < 100 for w in load_file(root / "step-000002" / "model.safetensors").values())
+    # Follow the hint: lower lr and rerun.
+    recipe.write_text(recipe.read_text().replace("lr 1e30", "lr 5e-4"))
+    assert main(["distill", str(recipe), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "note: resuming with a changed optimizer lr 0.001 -> 0.0005" in err and "resuming from" in err
+    train = [r for r in _records(tmp_path / "run") if "tokens" in r]  # a resume drops records past its step
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6] and all(r["lr"] <= 5e-4 for r in train[2:])
+    assert all(torch.isfinite(w).all() for w in _weights(compiled.student_dir).values())
+    manifest = json.loads((compiled.student_dir / "manifest.json").read_text())
+    assert manifest["stage"] == "distill" and manifest["inputs"]["student"]["stage"] == "init-student"
+    assert manifest["distillation"]["steps"] == 6
+    # Surgery made the distilled student, so init-student --force may replace it.
+    assert main(["init-student", str(recipe), "--force"]) == 0
+    assert json.loads((compiled.student_dir / "manifest.json").read_text())["stage"] == "init-student"
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(tmp_path, teachers, corpus, monkeypatch):
+    from surgery.distill import train
+
+    _, compiled = _setup(tmp_path, teachers("qwen3"), corpus, BODY.replace("every 2 steps", "every 1 steps"))
+    step = train.Engine.step
+
+    def step_then_overflow(self, *args):  # a weight overflows in an update whose loss was finite
+        result = step(self, *args)
+        with torch.no_grad():
+            next(self.student.parameters())[0, 0] = float("inf")
+        return result
+
+    monkeypatch.setattr(train.Engine, "step", step_then_overflow)
+    with pytest.raises(SurgeryError, match="the weights are not finite after step 1") as err:
+        distill_run(compiled, progress=False)
+    assert "no checkpoint was written yet, so rerunning the same command starts over" in err.value.hint
+    assert checkpoint.latest(checkpoint.directory(compiled.student_dir)) is None
 
 
 def test_out_of_memory_is_a_clear_error(tmp_path, teachers, corpus, monkeypatch):
@@ -197,7 +242,8 @@ def test_out_of_memory_is_a_clear_error(tmp_path, teachers, corpus, monkeypatch)
 def test_changed_distill_block_refuses_the_checkpoint(tmp_path, teachers, corpus):
     recipe, compiled = _setup(tmp_path, teachers("qwen3"), corpus)
     distill_run(compiled, progress=False, stop_after=1)
-    recipe.write_text(recipe.read_text().replace("lr 1e-3", "lr 2e-3"))
+    # lr, clip and the schedule may change (the step size); the rest of the optimizer may not.
+    recipe.write_text(recipe.read_text().replace("lr 1e-3", "lr 2e-3 weight_decay 0.2"))
     with pytest.raises(SurgeryError, match="different `optimizer` in the distill block"):
         distill_run(compile_file(recipe), progress=False)
 

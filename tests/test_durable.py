@@ -40,3 +40,17 @@ def test_recover_puts_back_the_old_directory_after_a_crash_between_the_renames(t
     _dir(tmp_path / ".out.old", a="older")
     durable.recover(out)  # `out` is there: nothing to undo
     assert (out / "a").read_text() == "old"
+
+
+def test_clean_removes_only_the_leftovers_surgery_names(tmp_path):
+    out = tmp_path / "out"
+    made = [durable.temp_dir(out), durable.temp_dir(out, "scratch")]
+    assert all(p.parent == tmp_path and p.name.startswith(".out.") and len(p.name.split(".")[2]) == 8 for p in made)
+    _dir(tmp_path / ".out.old", a="old")  # the old output was moved aside, the new one never came
+    others = [_dir(tmp_path / name, a="mine") for name in (".out.1234567.tmp", ".outx.abcdefgh.tmp", ".out.old2")]
+    durable.clean(out)
+    assert (out / "a").read_text() == "old"  # put back, not removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out"] + [p.name for p in others])
+    _dir(tmp_path / ".out.old", a="older")
+    durable.clean(out)  # `out` is whole: the one aside goes
+    assert (out / "a").read_text() == "old" and not (tmp_path / ".out.old").exists()

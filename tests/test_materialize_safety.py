@@ -43,9 +43,9 @@ def test_refuses_to_overwrite_without_force_and_replaces_with_it(recipe, tmp_pat
     with pytest.raises(SurgeryError, match="already exists") as err:
         write_model(compiled, compiled.graph.assemble((2,)), out)
     assert "--force" in err.value.hint
-    assert read_json(out / "provenance.json")["patched"] == [0]
+    assert read_json(out / "manifest.json")["patched"] == [0]
     write_model(compiled, compiled.graph.assemble((2,)), out, force=True)
-    assert read_json(out / "provenance.json")["patched"] == [2]
+    assert read_json(out / "manifest.json")["patched"] == [2]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp dirs left
 
 
@@ -104,20 +104,21 @@ def test_a_truncated_teacher_file_is_named(tmp_path, teachers):
 
 def test_output_may_not_replace_a_source(recipe):
     compiled = compile_file(recipe)
-    with pytest.raises(SurgeryError, match="would replace the student's directory"):
+    with pytest.raises(SurgeryError, match="is the student's directory"):
         write_model(compiled, compiled.graph.assemble((0,)), compiled.student_dir, force=True)
-    with pytest.raises(SurgeryError, match="would replace the teacher's directory"):
+    with pytest.raises(SurgeryError, match="holds the (recipe|teacher's directory)"):
         write_model(compiled, compiled.graph.teacher, compiled.teacher.directory.parent, force=True)
 
 
-def test_student_config_provenance_and_teacher_files(recipe, tmp_path):
+def test_student_config_manifest_and_teacher_files(recipe, tmp_path):
     compiled = compile_file(recipe)
     student = compiled.student_dir
     assert read_json(student / "student_config.json") == {"copied_teacher_layers": [0, 2, 3, 5],
                                                            "pruned_teacher_layers": [1, 4]}
     out = write_model(compiled, compiled.graph.assemble((0, 2)), tmp_path / "o")
     assert not (out / "student_config.json").exists()  # a patched model is not a student
-    prov = read_json(out / "provenance.json")
+    prov = read_json(out / "manifest.json")
+    assert prov["stage"] == "build" and read_json(student / "manifest.json")["stage"] == "init-student"
     assert prov["patched"] == [0, 2]
     assert prov["layers"] == ["T.L0", "T.L1", "S.L1", "T.L3", "T.L4", "S.L3"]
     assert (prov["embeddings"], prov["final"], prov["tied"]) == ("teacher", "student", False)
@@ -158,10 +159,10 @@ def test_byte_copy_falls_back_when_the_kernel_refuses(recipe, tmp_path, monkeypa
 
 def test_build_emit_and_init_commands(recipe, tmp_path, capsys):
     assert main(["build", str(recipe), "--patch", "s0,s2", "--out", str(tmp_path / "a")]) == 0
-    assert read_json(tmp_path / "a" / "provenance.json")["patched"] == [0, 2]
+    assert read_json(tmp_path / "a" / "manifest.json")["patched"] == [0, 2]
     # last_to_first, one step: the cut follows s0, so s1 (one layer), s2 and s3 come from the teacher.
     assert main(["build", str(recipe), "--layers", "5", "--out", str(tmp_path / "b")]) == 0
-    assert read_json(tmp_path / "b" / "provenance.json")["patched"] == [1, 2, 3]
+    assert read_json(tmp_path / "b" / "manifest.json")["patched"] == [1, 2, 3]
     assert main(["build", str(recipe), "--params", "1B", "--out", str(tmp_path / "c")]) == 0
     assert read_json(tmp_path / "c" / "config.json")["num_hidden_layers"] == 6
     assert main(["emit", str(recipe)]) == 0
@@ -205,5 +206,5 @@ def test_init_random_uses_transformers_init_with_the_teachers_shapes(tmp_path, t
     q = random["model.layers.1.self_attn.q_proj.weight"]
     assert q.shape == pruned_from_teacher["model.layers.2.self_attn.q_proj.weight"].shape
     assert 0.015 < q.std().item() < 0.025  # initializer_range 0.02
-    assert read_json(outs[0] / "provenance.json")["init"] == {"init": "random", "seed": 0}
+    assert read_json(outs[0] / "manifest.json")["init"] == {"init": "random", "seed": 0}
     assert json.loads((outs[0] / "config.json").read_text())["num_hidden_layers"] == 4

@@ -206,6 +206,6 @@ emit "run/models/{layers}L" {
     planned = json.loads((tmp_path / "run" / "schedule" / "schedule.json").read_text())["steps"]
     assert [s["kl"] is not None for s in planned] == [True, True]  # measured on the calibration text
     for step in planned:
-        provenance = json.loads((tmp_path / "run" / "models" / f"{step['depth']}L" / "provenance.json").read_text())
-        assert provenance["patched"] == step["patched"]
+        manifest = json.loads((tmp_path / "run" / "models" / f"{step['depth']}L" / "manifest.json").read_text())
+        assert manifest["patched"] == step["patched"]
     assert statuses(run(recipe))["plan"] == "up to date"

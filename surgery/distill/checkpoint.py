@@ -8,12 +8,16 @@
 
 Each checkpoint is written into a hidden temporary directory and renamed into place, so one
 either exists complete or not at all; `kill -9` at any moment leaves the last good one. The
-newest KEEP are kept. Every process reads a checkpoint (multi-node runs need the directory on a
-shared filesystem); the main process alone writes.
+newest KEEP are kept. Weights that are not finite are never checkpointed, and a checkpoint whose
+weights give a non-finite loss is discarded (train.py), so a rerun resumes from the last one
+whose weights gave a finite step.
+Every process reads a checkpoint (multi-node runs need the directory on a shared filesystem);
+the main process alone writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -24,9 +28,10 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from surgery import durable
+from surgery import artifact, durable
 from surgery.distill import parallel
 from surgery.errors import SurgeryError
+from surgery.materialize.safetensors_io import fingerprint
 
 KEEP = 2
 PREFIX = "step-"
@@ -41,6 +46,24 @@ def clean(root: Path) -> None:
     """Remove what a crash left half-written."""
     for tmp in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(tmp, ignore_errors=True)
+    for old in root.glob(f".{PREFIX}*.old"):
+        durable.clean(root / old.name[1:-len(".old")])
+
+
+def discard(path: Path) -> None:
+    """Remove a checkpoint; renamed aside first, so a kill midway leaves no half of one that looks whole."""
+    if path.is_dir():
+        aside = path.with_name(f".tmp-{path.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def finite(model) -> bool:
+    """Whether every parameter is finite, on every process."""
+    tensors = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).sum().reshape(1)
+    return int(parallel.sum_all(bad).item()) == 0
 
 
 def latest(root: Path) -> Path | None:
@@ -84,7 +107,7 @@ def save(root: Path, step: int, student, optimizer, state: dict, world: parallel
         _write_json(tmp / "state.json", {**state, "step": step})
         durable.swap_into_place(tmp, final)
         for old in sorted(root.glob(PREFIX + "*"))[:-KEEP]:
-            shutil.rmtree(old, ignore_errors=True)
+            discard(old)
     parallel.barrier()
     return final
 
@@ -124,25 +147,46 @@ def tied_keys(model) -> set[str]:
 
 def export(student, student_dir: Path, dtype: torch.dtype, summary: dict, world: parallel.World) -> None:
     """Write the distilled student over the student directory, atomically: a complete new
-    directory is renamed into place, then the old one is removed. Files beside the weights
-    (tokenizer, student_config.json, provenance) carry over; student_config.json gains
-    `distillation`, the run's summary."""
+    directory is renamed into place, then the old one is removed. Everything beside the weights
+    (tokenizer, student_config.json, any folder) carries over; student_config.json gains
+    `distillation`, the run's summary, and the manifest becomes the distillation's."""
     model_sd = get_model_state_dict(student, options=_FULL)
     if world.main:
-        tmp = student_dir.with_name(f".{student_dir.name}.distilled")
-        shutil.rmtree(tmp, ignore_errors=True)
-        saved_dtype = student.config.dtype
-        student.config.dtype = dtype
+        durable.clean(student_dir)
+        tmp = durable.temp_dir(student_dir)
         try:
-            student.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in model_sd.items()})
+            saved_dtype = student.config.dtype
+            student.config.dtype = dtype
+            try:
+                student.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in model_sd.items()})
+            finally:
+                student.config.dtype = saved_dtype
+            weights = {"model.safetensors.index.json"}
+            for f in student_dir.iterdir():
+                if (tmp / f.name).exists() or f.suffix == ".safetensors" or f.name in weights:
+                    continue
+                if f.is_dir() and not f.is_symlink():
+                    shutil.copytree(f, tmp / f.name, symlinks=True)
+                else:
+                    shutil.copy2(f, tmp / f.name, follow_symlinks=False)
+            config_path = tmp / "student_config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            _write_json(config_path, {**config, "distillation": summary})
+            _write_json(tmp / artifact.MANIFEST, _manifest(student_dir, tmp, summary))
+            durable.swap_into_place(tmp, student_dir)
         finally:
-            student.config.dtype = saved_dtype
-        weights = {"model.safetensors.index.json"}
-        for f in student_dir.iterdir():
-            if f.is_file() and not (tmp / f.name).exists() and f.suffix != ".safetensors" and f.name not in weights:
-                shutil.copy2(f, tmp / f.name)
-        config_path = tmp / "student_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        _write_json(config_path, {**config, "distillation": summary})
-        durable.swap_into_place(tmp, student_dir)
+            shutil.rmtree(tmp, ignore_errors=True)
     parallel.barrier()
+
+
+def _manifest(student_dir: Path, tmp: Path, summary: dict) -> dict:
+    """Stage `distill`: made by surgery (so init-student --force may replace it), from the student
+    whose manifest `student_dir` holds (its stage and build key) and that student's inputs."""
+    before = artifact.read(student_dir)
+    recipe = Path(summary["recipe"])
+    started = {"stage": before.stage, "build_key": before.manifest.get("build_key")} if before else None
+    return artifact.manifest("distill", recipe_path=recipe,
+                             recipe_sha256=hashlib.sha256(recipe.read_bytes()).hexdigest(),
+                             inputs={**(before.inputs if before else {}), "student": started},
+                             distillation=summary,
+                             outputs={p.name: fingerprint(p) for p in sorted(tmp.glob("*.safetensors"))})

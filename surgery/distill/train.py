@@ -31,6 +31,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # compile, activation_checkpointing and the checkpoint/eval intervals may change on resume.
 FINGERPRINT_FIELDS = ("data", "validation", "seq", "pack", "tokens", "steps", "batch", "optimizer", "schedule",
                       "losses", "precision", "seed")
+# ... except these, which only set the size of the steps to come: lowering them is how a run that
+# diverged goes on from its last good checkpoint.
+STEP_SIZE_FIELDS = {"optimizer": ("lr", "clip"), "schedule": ("kind", "warmup")}
 
 
 def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: bool = False,
@@ -237,7 +240,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     last = checkpoint.latest(root)
     if last is not None:
         state = checkpoint.load(last, student_model, optimizer, world)
-        changed = [k for k in mark if state["fingerprint"].get(k) != mark[k]]
+        changed, retuned = _changes(state["fingerprint"], mark)
         if changed:
             raise SurgeryError(f"checkpoint {last} was made with a different `{changed[0]}` in the distill block",
                                file=recipe.path, pos=d.pos,
@@ -247,6 +250,8 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
 
     reporter = Reporter(student_dir.parent, plan.steps, step, resumed=last is not None, enabled=world.main,
                         bar=progress and sys.stderr.isatty(), tensorboard=tensorboard)
+    if last is not None and retuned:
+        reporter.say(f"note: resuming with a changed {', '.join(retuned)}")
     reporter.say(f"resuming from {last}" if last is not None else
                  f"distilling {graph.n_teacher} -> {graph.n_student} layers: {plan.steps} steps on {plan.world} x "
                  f"{plan.device} ({how}), {plan.precision}")
@@ -262,8 +267,8 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             try:
                 metrics, norm = engine.step(rows, optimizer, d.optimizer.clip)
             except FloatingPointError as err:
-                raise SurgeryError(f"the loss is not finite at step {step + 1} ({err})", file=recipe.path, pos=d.pos,
-                                   hint=_resume_hint(root, "lower the learning rate or check the data")) from None
+                raise _diverged(f"the loss is not finite at step {step + 1} ({err})", root, step, recipe,
+                                world) from None
             step += 1
             tokens += int(rows.lengths.sum())
             reporter.step(step, tokens, {**metrics, "lr": lr, "grad_norm": norm}, int(rows.lengths.sum()))
@@ -273,6 +278,8 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
                 reporter.validation(step, final)
                 reporter.pause()
             if step % plan.checkpoint_every == 0 or step == plan.steps or stopping:
+                if not checkpoint.finite(student_model):
+                    raise _diverged(f"the weights are not finite after step {step}", root, step, recipe, world)
                 checkpoint.save(root, step, student_model, optimizer,
                                 {"tokens": tokens, "data": corpus.train.state_dict(), "fingerprint": mark}, world)
                 reporter.say(f"step {step}: checkpoint {root.name}/{checkpoint.PREFIX}{step:06d}")
@@ -296,7 +303,34 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     return student_dir
 
 
+def _changes(before: dict, now: dict) -> tuple[list[str], list[str]]:
+    """(distill settings whose change makes the checkpoint meaningless, step-size settings that
+    changed, as `optimizer lr 0.1 -> 0.001`)."""
+    changed, retuned = [], []
+    for name, value in now.items():
+        old = before.get(name)
+        free = STEP_SIZE_FIELDS.get(name, ())
+        if free and isinstance(old, dict) and isinstance(value, dict):
+            retuned += [f"{name} {k} {old.get(k)} -> {value.get(k)}" for k in free if old.get(k) != value.get(k)]
+            old, value = ({k: v for k, v in x.items() if k not in free} for x in (old, value))
+        if old != value:
+            changed.append(name)
+    return changed, retuned
+
+
+def _diverged(message: str, root: Path, step: int, recipe, world) -> SurgeryError:
+    """The error for a loss or weights that are not finite after `step`. A checkpoint of `step`
+    holds the weights that gave it, so it goes: the newest left is the last good one."""
+    if world.main:
+        checkpoint.discard(root / f"{checkpoint.PREFIX}{step:06d}")
+    parallel.barrier()
+    return SurgeryError(message, file=recipe.path, pos=recipe.distill.pos,
+                        hint=_resume_hint(root, "lower `lr` on the optimizer line (a resume accepts a changed "
+                                                "`lr`, `clip` or schedule) or check the data"))
+
+
 def _resume_hint(root: Path, advice: str) -> str:
     last = checkpoint.latest(root)
-    kept = f"the last good checkpoint, {last.name}, is intact" if last else "no checkpoint was written yet"
-    return f"{advice}; {kept}, and rerunning the same command resumes from it"
+    if last is None:
+        return f"{advice}; no checkpoint was written yet, so rerunning the same command starts over"
+    return f"{advice}; the last good checkpoint, {last.name}, is intact, and rerunning the same command resumes from it"

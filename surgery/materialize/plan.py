@@ -20,7 +20,7 @@ from surgery.materialize.safetensors_io import TensorEntry, TensorIndex
 class Planned:
     name: str  # the tensor's name in the output
     source: TensorEntry
-    side: str  # the model it comes from (for provenance)
+    side: str  # the model it comes from (for the manifest)
 
 
 @dataclass(frozen=True)

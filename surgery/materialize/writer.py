@@ -2,22 +2,23 @@
 model, every size of the schedule.
 
 Each output is written to a temporary directory beside its target, checked against the
-teacher's files (every tensor, right shape and dtype), then renamed into place. An existing
-output is replaced only with `force`, except that one built from the same inputs in the same
-way is left alone and reported as up to date, so an interrupted `emit` resumes.
+teacher's files (every tensor, right shape and dtype), then renamed into place with its
+manifest. An existing output is replaced only with `force`, and only when surgery made it
+(surgery.outputs); one built from the same inputs in the same way is left alone and reported as
+up to date, so an interrupted `emit` resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from surgery import __version__, durable
+from surgery import artifact, durable, outputs
 from surgery.errors import SurgeryError
 from surgery.graph import STUDENT, TEACHER, Assembly, node
 from surgery.materialize.config import rewrite
@@ -27,7 +28,6 @@ from surgery.materialize.safetensors_io import (FLOATS, INDEX_NAME, RECIPE_DTYPE
 from surgery.source import weights_dir
 
 DEFAULT_SHARD = 5 * 10**9
-PROVENANCE = "provenance.json"
 STUDENT_CONFIG = "student_config.json"
 # Copied from the teacher as they are: generation defaults and every tokenizer file format.
 TEACHER_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -44,7 +44,7 @@ class _Job:
     out_dir: Path
     dtype: str  # recipe spelling: bf16 | fp16 | fp32
     shard: int
-    inputs: dict[str, TensorIndex]  # role -> the files read (fingerprinted in the provenance)
+    inputs: dict[str, TensorIndex]  # role -> the files read (fingerprinted in the manifest)
     make_plan: Callable[[Path], Plan]  # given a scratch directory
     init: dict | None = None  # for init-student: how the student was made
 
@@ -106,8 +106,7 @@ def emit(compiled, *, force: bool = False) -> list[Path]:
     if compiled.recipe.emit is None:
         raise SurgeryError("the recipe has no `emit` block", file=compiled.recipe.path,
                            hint='add e.g. `emit "runs/models/{layers}L" { dtype bf16 }`')
-    return [write_model(compiled, step.assembly, compiled.emit_dir(step.assembly), force=force)
-            for step in compiled.steps if step.assembly is not None]
+    return [write_model(compiled, assembly, out, force=force) for assembly, out in outputs.emit_paths(compiled)]
 
 
 def _default_shard(compiled) -> int:
@@ -133,38 +132,46 @@ def _random_student(graph, directory: Path, seed: int) -> None:
 
 # ---------------------------------------------------------------------------- one output
 def _run(job: _Job, force: bool) -> Path:
-    out = job.out_dir.expanduser().resolve()
-    for role, index in job.inputs.items():
-        source = index.directory.resolve()
-        if source == out or out in source.parents:
-            raise SurgeryError(f"the output {out} would replace the {role}'s directory {source}",
-                               hint="write the model somewhere else")
+    # The last line of defence for every output, however its path was chosen. The last name is
+    # kept as written, so a link there is refused rather than followed.
+    written = Path(os.path.abspath(job.out_dir.expanduser()))
+    out = written.parent.resolve() / written.name
+    read = tuple((f"{role}'s directory", index.directory.resolve()) for role, index in job.inputs.items())
+    if job.init:
+        outputs.check_student(job.compiled, read)
+    else:
+        outputs.check_output(job.compiled, out, also=read)
     graph = job.compiled.graph
     tied = graph.tied and job.assembly.embeddings == job.assembly.final
     origins = tuple(r.index if r.side == TEACHER else graph.init_of(r.index) for r in job.assembly.layers)
     config = rewrite(graph.teacher_config, graph.arch, origins, tied=tied, dtype=job.dtype)
     inputs = {role: {p: fingerprint(p) for p in index.files} for role, index in job.inputs.items()}
-    provenance = _provenance(job, tied, inputs)
+    manifest = _manifest(job, tied, inputs)
     # Inputs are identified by content fingerprint and modification time, so an edit is noticed.
-    key = _digest({"model": {k: provenance[k] for k in ("layers", "embeddings", "final", "tied", "init")},
+    key = _digest({"model": {k: manifest[k] for k in ("layers", "embeddings", "final", "tied", "init")},
                    "inputs": {role: [[str(p), fp, p.stat().st_mtime_ns] for p, fp in files.items()]
                               for role, files in inputs.items()},
                    "dtype": job.dtype, "shard": job.shard, "config": config})
-    if out.exists():
-        if _up_to_date(out, key):
+    durable.clean(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_symlink() and _up_to_date(out, key):
             return out
         if not force:
             raise SurgeryError(f"{out} already exists and differs from what this build writes",
                                hint="pass --force to replace it")
+        outputs.check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = durable.temp_dir(out)
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".scratch", dir=out.parent) as scratch:
-            the_plan = job.make_plan(Path(scratch))
+        scratch = durable.temp_dir(out, "scratch")
+        try:
+            the_plan = job.make_plan(scratch)
             _write(job, the_plan, config, tmp)
-        provenance["build_key"] = key
-        provenance["outputs"] = {p.name: fingerprint(p) for p in sorted(tmp.glob("*.safetensors"))}
-        _write_json(tmp / PROVENANCE, provenance)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        manifest["build_key"] = key
+        manifest["outputs"] = {p.name: fingerprint(p) for p in sorted(tmp.glob("*.safetensors"))}
+        _write_json(tmp / artifact.MANIFEST, manifest)
         # No fsync: it would wait for the disk (3x cp's time, measured), and a model is rebuilt
         # from its inputs; checkpoints and the distilled student, which are not, are synced.
         durable.swap_into_place(tmp, out, sync=False)
@@ -222,30 +229,30 @@ def verify(directory: Path, the_plan: Plan, dtype: str) -> None:
                 raise SurgeryError(f"{index}: maps `{name}` to {weight_map.get(name)}, but it is in {e.file.name}")
 
 
-def _provenance(job: _Job, tied: bool, inputs: dict[str, dict[Path, dict]]) -> dict:
+def _manifest(job: _Job, tied: bool, inputs: dict[str, dict[Path, dict]]) -> dict:
     recipe = job.compiled.recipe
     a = job.assembly
-    return {
-        "surgery": __version__,
-        "recipe": {"path": str(recipe.path), "sha256": hashlib.sha256(recipe.path.read_bytes()).hexdigest()},
-        "model": "pruned student" if job.init else a.name,
-        "patched": sorted(a.patched),
-        "layers": [node(r.side, r.index) for r in a.layers],
-        "embeddings": a.embeddings,
-        "final": a.final,
-        "tied": tied,
-        "init": job.init,
-        "dtype": job.dtype,
-        "shard_bytes": job.shard,
-        "inputs": {role: {"directory": str(job.inputs[role].directory),
-                          "files": {p.name: fp for p, fp in files.items()}}
-                   for role, files in inputs.items()},
-    }
+    return artifact.manifest(
+        "init-student" if job.init else "build",
+        recipe_path=recipe.path, recipe_sha256=hashlib.sha256(recipe.path.read_bytes()).hexdigest(),
+        inputs={role: {"directory": str(job.inputs[role].directory),
+                       "files": {p.name: fp for p, fp in files.items()}}
+                for role, files in inputs.items()},
+        model="pruned student" if job.init else a.name,
+        patched=sorted(a.patched),
+        layers=[node(r.side, r.index) for r in a.layers],
+        embeddings=a.embeddings,
+        final=a.final,
+        tied=tied,
+        init=job.init,
+        dtype=job.dtype,
+        shard_bytes=job.shard,
+    )
 
 
 def _up_to_date(out: Path, key: str) -> bool:
     try:
-        recorded = json.loads((out / PROVENANCE).read_text())
+        recorded = json.loads((out / artifact.MANIFEST).read_text())
         files = recorded["outputs"]
         return recorded.get("build_key") == key and all(fingerprint(out / n) == fp for n, fp in files.items()) \
             and sorted(p.name for p in out.glob("*.safetensors")) == sorted(files)

@@ -1,0 +1,98 @@
+"""Where surgery may write, and what it may replace.
+
+No output may be, or hold, what a recipe reads or names: the recipe file, the teacher's
+directory, the student's directory and its checkpoints. An existing output is replaced (with
+`--force`) only when it is a directory surgery made, as its manifest shows. `compile` applies
+the path rules to the student and every emit path, the materializer again to every directory it
+writes, so an output path given on the command line is covered too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgery import artifact
+from surgery.errors import SurgeryError
+from surgery.graph import Assembly
+from surgery.recipe.ast import Pos
+
+
+def resolved(path) -> Path:
+    """`path` absolute, `~` expanded and every link followed: where a write would really land."""
+    return Path(path).expanduser().resolve()
+
+
+def check_output(compiled, path, *, what: str = "the output", pos: Pos | None = None,
+                 also: tuple[tuple[str, Path], ...] = ()) -> Path:
+    """`path` resolved, or a SurgeryError (at `pos` of the recipe) when a model written there, or
+    replaced with `--force`, would destroy an input: the recipe, the teacher, the student, or any
+    directory named in `also` as (what it is, path)."""
+    return _check(resolved(path), _guarded(compiled, also), compiled, what, pos)
+
+
+def emit_paths(compiled, steps=None) -> list[tuple[Assembly, Path]]:
+    """Each size of `steps` (default: the compiled schedule) that has an assembly, with its emit path,
+    checked; two sizes on one path are an error, since one model would silently replace the other."""
+    emit = compiled.recipe.emit
+    guarded = _guarded(compiled, ())
+    seen: dict[Path, Assembly] = {}
+    for step in compiled.steps if steps is None else steps:
+        if step.assembly is None:
+            continue
+        out = _check(resolved(compiled.emit_dir(step.assembly)), guarded, compiled, "the emit path", emit.pos)
+        other = seen.setdefault(out, step.assembly)
+        if other != step.assembly:
+            raise SurgeryError(f"two sizes resolve to the emit path {out}: {_size(other)} and {_size(step.assembly)}",
+                               file=compiled.recipe.path, pos=emit.pos,
+                               hint="add a placeholder that tells them apart, e.g. {patched}")
+    return [(assembly, out) for out, assembly in seen.items()]
+
+
+def check_student(compiled, also: tuple[tuple[str, Path], ...] = ()) -> Path:
+    """The student's directory, resolved; it is replaced whole, so it may not be or hold the
+    recipe or the teacher."""
+    out = compiled.student_dir.resolve()
+    guarded = [("recipe", compiled.recipe.path.resolve()), *_teacher(compiled), *also]
+    _refuse_over(out, guarded, "the student directory", compiled.recipe.student.pos, compiled.recipe.path)
+    return out
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace `out` unless surgery made it (`--force` never deletes anything else)."""
+    if not artifact.made_by_surgery(out):
+        kind = "a symbolic link" if out.is_symlink() else "a directory" if out.is_dir() else "a file"
+        raise SurgeryError(f"{out} is {kind} without surgery's {artifact.MANIFEST}: surgery did not make it, "
+                           "so --force will not replace it", hint="move it away, or write somewhere else")
+
+
+def _size(assembly: Assembly) -> str:
+    return f"{assembly.name} ({assembly.depth} layers)"
+
+
+def _teacher(compiled) -> list[tuple[str, Path]]:
+    directory = compiled.teacher.directory
+    return [] if directory is None else [("teacher's directory", directory.resolve())]
+
+
+def _guarded(compiled, also) -> list[tuple[str, Path]]:
+    student = compiled.student_dir.resolve()
+    return [("recipe", compiled.recipe.path.resolve()), *_teacher(compiled), ("student's directory", student),
+            ("student's checkpoints", student.with_name(student.name + ".checkpoints")), *also]
+
+
+def _check(out: Path, guarded, compiled, what: str, pos: Pos | None) -> Path:
+    _refuse_over(out, guarded, what, pos, compiled.recipe.path)
+    if compiled.student_dir.resolve() in out.parents:
+        # init-student --force and distillation replace the student's directory whole.
+        raise SurgeryError(f"{what} {out} is inside the student's directory, which init-student and distill "
+                           "replace whole", file=compiled.recipe.path if pos else None, pos=pos,
+                           hint="write it into a directory of its own")
+    return out
+
+
+def _refuse_over(out: Path, guarded: list[tuple[str, Path]], what: str, pos: Pos | None, file: Path) -> None:
+    for name, path in guarded:
+        if out == path or out in path.parents:
+            raise SurgeryError(f"{what} is the {name} ({path})" if out == path else
+                               f"{what} {out} holds the {name} ({path})", file=file if pos else None, pos=pos,
+                               hint="an output is replaced whole; write it into a directory of its own")
