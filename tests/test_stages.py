@@ -16,7 +16,7 @@ from tiny import CORPUS, read_json, write_recipe
 
 from surgery.cli import main
 from surgery.compile import compile_file
-from surgery.materialize.writer import PROVENANCE
+from surgery.artifact import MANIFEST
 
 BLOCKS = """patch {
     order klpatch
@@ -50,7 +50,7 @@ def _err(capsys) -> str:
 
 
 def _patched(model_dir) -> list[int]:
-    return read_json(model_dir / PROVENANCE)["patched"]
+    return read_json(model_dir / MANIFEST)["patched"]
 
 
 def test_plan_then_emit_emits_the_planned_sizes(recipe, capsys):

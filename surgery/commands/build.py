@@ -31,6 +31,10 @@ def run(args) -> int:
     assembly = emit.pick(ctx, patch=args.patch, step=args.step, layers=args.layers, params=params)
     if args.out is None and ctx.recipe.emit is None:
         raise ctx.error("where should the model go?", hint="pass --out DIR, or add an `emit` block to the recipe")
+    if args.out:  # before any work; the materializer checks again where it writes
+        from surgery.outputs import check_output
+
+        check_output(ctx.compiled, args.out)
     out = emit.build(ctx, assembly, args.out or ctx.compiled.emit_dir(assembly), force=args.force)
     print(f"{out}: {assembly.name}, {assembly.depth} layers")
     return 0

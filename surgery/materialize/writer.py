@@ -102,7 +102,7 @@ def init_student(compiled, *, force: bool = False) -> Path:
 
 
 def emit(compiled, *, force: bool = False) -> list[Path]:
-    """Every step of the patch schedule that has an assembly, into the recipe's emit template."""
+    """Every step of `compiled.steps` (the plan's, for a measured order), into the recipe's emit template."""
     if compiled.recipe.emit is None:
         raise SurgeryError("the recipe has no `emit` block", file=compiled.recipe.path,
                            hint='add e.g. `emit "runs/models/{layers}L" { dtype bf16 }`')

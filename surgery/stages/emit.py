@@ -46,8 +46,12 @@ def run(ctx: Context, *, force: bool = False):
     built from the same inputs is left alone, so an interrupted emit resumes."""
     if ctx.recipe.emit is None:
         raise ctx.error("the recipe has no `emit` block", hint='add e.g. `emit "runs/models/{layers}L" { dtype bf16 }`')
+    from surgery.materialize import emit
+
     steps = planning.steps(ctx)
-    made = [build(ctx, s.assembly, ctx.compiled.emit_dir(s.assembly), force=force) for s in steps]
+    if any(uses_student(s.assembly) for s in steps):
+        ctx.student()
+    made = emit(dataclasses.replace(ctx.compiled, steps=steps), force=force)
     models = [{"step": s.k, "patched": sorted(s.assembly.patched), "dir": str(path),
                "files": ctx.digests.model_dir(path)} for s, path in zip(steps, made)]
     return ctx.write_artifact(directory(ctx), NAME, inputs(ctx, steps), models=models)
