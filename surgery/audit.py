@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from surgery.layout import layer_ranges
 from surgery.recipe.units import format_bytes, format_count
 
 if TYPE_CHECKING:  # the graph pulls in networkx; the CLI imports this module for FORMATS alone
@@ -170,17 +171,6 @@ def render(compiled, fmt: str, name: str | None = None) -> str | bytes:
 
 
 # --------------------------------------------------------------------------- text forms
-
-
-def layer_ranges(layers, prefix: str = "") -> str:
-    """(0, 1, 2, 5) -> '0..2, 5'; with prefix 's': 's0..s2, s5'."""
-    runs: list[list[int]] = []
-    for x in sorted(layers):
-        if runs and x == runs[-1][1] + 1:
-            runs[-1][1] = x
-        else:
-            runs.append([x, x])
-    return ", ".join(f"{prefix}{a}" if a == b else f"{prefix}{a}..{prefix}{b}" for a, b in runs) or "none"
 
 
 def _pair(pair: tuple[int, int]) -> str:
