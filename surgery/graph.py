@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from surgery.arch import Architecture
 from surgery.errors import SurgeryError
 from surgery.layout import Block
-from surgery.shapes import numel
+from surgery.shapes import numel, tensor_shapes
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 TEACHER, STUDENT = "teacher", "student"
 _SIDE_PREFIX = {TEACHER: "T", STUDENT: "S"}
@@ -89,7 +91,6 @@ class LayerGraph:
         self.n_student = len(blocks)
         self.tied = arch.is_tied(teacher_config)
         self._shapes = teacher_shapes
-        self.graph = self._build()
 
     # ------------------------------------------------------------------ structure
     @property
@@ -118,7 +119,12 @@ class LayerGraph:
         pairs.append((self.n_student, self.n_teacher))
         return tuple(pairs)
 
-    def _build(self) -> nx.MultiDiGraph:
+    @cached_property
+    def graph(self) -> nx.MultiDiGraph:
+        """The nodes and edges themselves, built on first use: importing networkx takes longer
+        than all of `surgery check`, which needs only the queries below."""
+        import networkx as nx
+
         g = nx.MultiDiGraph(name="layer graph")
         for side, depth in ((TEACHER, self.n_teacher), (STUDENT, self.n_student)):
             g.add_node(node(side, "embed"), side=side, kind="embed")
@@ -151,6 +157,8 @@ class LayerGraph:
 
     def flow_graph(self) -> nx.DiGraph:
         """The forward-order edges alone: its embed->final paths are the buildable models."""
+        import networkx as nx
+
         return nx.DiGraph([(u, v) for u, v, k in self.graph.edges(keys=True) if k == "flow"])
 
     # ------------------------------------------------------------------ models on the graph
@@ -211,8 +219,6 @@ class LayerGraph:
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self._shapes is None:
-            from surgery.shapes import tensor_shapes
-
             self._shapes = tensor_shapes(self.teacher_config)
         return self._shapes
 
