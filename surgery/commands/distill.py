@@ -19,9 +19,14 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from surgery.compile import compile_file
-    from surgery.distill.train import run as distill
 
     compiled = compile_file(args.recipe)
-    distill(compiled, dry_run=args.dry_run, progress=not args.no_progress, tensorboard=args.tensorboard,
-            stop_after=args.stop_after)
+    if args.dry_run:  # before importing the engine: the plan needs no torch
+        from surgery.distill.plan import dry_run
+
+        print(dry_run(compiled))
+        return 0
+    from surgery.distill.train import run as distill
+
+    distill(compiled, progress=not args.no_progress, tensorboard=args.tensorboard, stop_after=args.stop_after)
     return 0
