@@ -169,7 +169,7 @@ def describe(plan: Plan, compiled, sources: list[str], strategy: str) -> str:
     return "\n".join(lines)
 
 
-_DEVICE_TEXT = {"auto": "auto (chosen when training starts: cuda, else mps, else cpu, where all is fp32)"}
+_DEVICE_TEXT = {"auto": "auto (cuda, else mps, else cpu, chosen when training starts; on cpu all trains in fp32)"}
 
 
 def dry_run(compiled) -> str:
