@@ -25,7 +25,7 @@ def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     spec = architecture.tensors.get(model_type)
     if spec is None:
         raise SurgeryError(f"the registry has no tensor shapes for model_type `{model_type}`",
-                           hint=f"add a `tensors: {model_type}:` entry to surgery/architectures/{architecture.name}.yaml")
+                           hint=f"add `{model_type}` under `tensors` in surgery/architectures/{architecture.name}.yaml")
     value = _config_values(config, architecture.defaults.get(model_type, {}))
     out: dict[str, tuple[int, ...]] = {}
     for name, dims in _present(spec["model"], value):

@@ -184,5 +184,6 @@ def dry_run(compiled) -> str:
     strategy = "single" if world == 1 else os.environ.get("SURGERY_DISTILL_STRATEGY", "ddp or fsdp")
     lines = [describe(plan, compiled, describe_sources(recipe), strategy)]
     if not (compiled.student_dir / "config.json").is_file():
-        lines.append(f"note     no student in {compiled.student_dir} yet: run `surgery init-student {recipe.path}` first")
+        lines.append(f"note     no student in {compiled.student_dir} yet: "
+                     f"run `surgery init-student {recipe.path}` first")
     return "\n".join(lines)
