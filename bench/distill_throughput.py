@@ -40,6 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from surgery import arch as arch_registry  # noqa: E402
 from surgery import layout  # noqa: E402
 from surgery.distill import data, losses, models, parallel  # noqa: E402
+from surgery.distill import plan as planning  # noqa: E402
 from surgery.distill.plan import Plan  # noqa: E402
 from surgery.distill.train import Engine  # noqa: E402
 from surgery.graph import LayerGraph  # noqa: E402
@@ -245,12 +246,12 @@ def check_head_loss(device):
     targets = torch.randint(0, vocab, (n,), generator=g).to(device)
     terms = (losses.HeadTerm("ce"), losses.HeadTerm("kl"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    saved, losses.CHUNK_ELEMENTS = losses.CHUNK_ELEMENTS, 100 * vocab  # several chunks: accumulation is checked
+    saved, planning.CHUNK_ELEMENTS = planning.CHUNK_ELEMENTS, 100 * vocab  # several chunks: accumulation is checked
     try:
         total, _ = losses.head_loss(losses.Head(h, w), losses.Head(ht, wt), targets, None, terms, (1 / n, 1 / n),
                                     dtype)
     finally:
-        losses.CHUNK_ELEMENTS = saved
+        planning.CHUNK_ELEMENTS = saved
     total.backward()
     got_h, got_w = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None

@@ -2,13 +2,15 @@
 
 Knowledge of a family is data, not code: where its layers live in the state dict, which
 tensors travel with the first block (embeddings) and with the last (final norm, head),
-whether the head may be tied, the config key for depth, and the per-layer config lists.
+whether the head may be tied, the config key for depth, the per-layer config lists, and for
+each model type what transformers assumes for config keys left out and every tensor's shape
+(surgery/shapes.py reads those, so parameter counts need neither torch nor transformers).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +34,10 @@ class Architecture:
     head_aliases: tuple[str, ...]
     tie: str  # config key that says the head is tied to the embeddings
     per_layer: tuple[str, ...]  # config lists with one entry per layer
+    # model_type -> {config key: value or expression} for keys a config.json may leave out
+    defaults: dict[str, dict] = field(default_factory=dict, compare=False)
+    # model_type -> {"model": {name: dims}, "layer": {name: dims}}, read by surgery/shapes.py
+    tensors: dict[str, dict] = field(default_factory=dict, compare=False)
 
     def layer_prefix(self, i: int) -> str:
         return self.layers.format(i=i)
@@ -67,11 +73,14 @@ class Architecture:
         return int(config[self.depth])
 
     def is_tied(self, config: dict) -> bool:
-        return bool(config.get(self.tie, _TIE_DEFAULTS.get(self.name, False)))
+        tied = config.get(self.tie)
+        if tied is None:
+            tied = self.defaults.get(config.get("model_type"), {}).get(self.tie, False)
+        return bool(tied)
 
 
-# What transformers assumes when a config omits the tie key.
-_TIE_DEFAULTS = {"gpt2": True, "gemma": True}
+# libyaml's safe loader where installed: the pure-Python one takes 0.1 s over these files.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @lru_cache(maxsize=1)
@@ -79,7 +88,7 @@ def registry() -> dict[str, Architecture]:
     """model_type -> Architecture, for every entry in the registry folder."""
     out: dict[str, Architecture] = {}
     for path in sorted(REGISTRY_DIR.glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
         arch = Architecture(
             name=raw["name"],
             model_types=tuple(raw["model_types"]),
@@ -92,6 +101,8 @@ def registry() -> dict[str, Architecture]:
             head_aliases=tuple(raw.get("head_aliases", ())),
             tie=raw["tie"],
             per_layer=tuple(raw.get("per_layer", ())),
+            defaults=raw.get("defaults", {}),
+            tensors=raw.get("tensors", {}),
         )
         for model_type in arch.model_types:
             out[model_type] = arch

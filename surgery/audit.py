@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from surgery import layout
+from surgery.layout import layer_ranges
 from surgery.recipe.ast import KeepRule
 from surgery.recipe.units import format_bytes, format_count
 
@@ -181,17 +182,6 @@ def render(compiled, fmt: str, name: str | None = None) -> str | bytes:
 
 
 # --------------------------------------------------------------------------- text forms
-
-
-def layer_ranges(layers, prefix: str = "") -> str:
-    """(0, 1, 2, 5) -> '0..2, 5'; with prefix 's': 's0..s2, s5'."""
-    runs: list[list[int]] = []
-    for x in sorted(layers):
-        if runs and x == runs[-1][1] + 1:
-            runs[-1][1] = x
-        else:
-            runs.append([x, x])
-    return ", ".join(f"{prefix}{a}" if a == b else f"{prefix}{a}..{prefix}{b}" for a, b in runs) or "none"
 
 
 def _pair(pair: tuple[int, int]) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from surgery import schedule
-from surgery.audit import layer_ranges, order_text, sizes_text
+from surgery.audit import order_text, sizes_text
+from surgery.layout import layer_ranges
 from surgery.recipe import ast
 from surgery.recipe.units import format_bytes, format_count
 

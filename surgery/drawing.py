@@ -8,8 +8,8 @@ cosine loss, labelled with its hidden-state indices).
 
 from __future__ import annotations
 
-from surgery.audit import layer_ranges
 from surgery.graph import STUDENT, TEACHER, LayerGraph, node
+from surgery.layout import layer_ranges
 
 
 def _label(name: str) -> str:

@@ -1,8 +1,8 @@
 """The layer graph: the single source of truth for mapping, alignment, init and patching.
 
 Nodes are named `T.embed`, `T.L3`, `T.final`, `S.embed`, `S.L1`, `S.final` (`final` is the
-final norm with the head). Edges are keyed by kind, so the graph is a `networkx.MultiDiGraph`
-(a subclass of `DiGraph`):
+final norm with the head). Edges are keyed by kind, so as networkx sees it (`LayerGraph.graph`)
+the graph is a `MultiDiGraph`:
 
 - `flow`: forward order. Within each model, plus the crossings at block boundaries, so that
   every path from an `embed` node to a `final` node is a model the engine can build.
@@ -12,20 +12,24 @@ final norm with the head). Edges are keyed by kind, so the graph is a `networkx.
 - `init`: teacher tensor -> the student tensor copied from it.
 
 Each path from embed to final picks, for every block, the student layer or the teacher block:
-`Assembly` names one such path by its set of patched student layers.
+`Assembly` names one such path by its set of patched student layers. The engine reads the
+graph, not the blocks: a model to build is a `path`, its tensor copy list follows the path,
+the loss's aligned pairs are the `aligns` edges and student init follows the `init` edges.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from surgery.arch import Architecture
 from surgery.errors import SurgeryError
 from surgery.layout import Block
-from surgery.shapes import numel
+from surgery.shapes import numel, tensor_shapes
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 TEACHER, STUDENT = "teacher", "student"
 _SIDE_PREFIX = {TEACHER: "T", STUDENT: "S"}
@@ -89,7 +93,6 @@ class LayerGraph:
         self.n_student = len(blocks)
         self.tied = arch.is_tied(teacher_config)
         self._shapes = teacher_shapes
-        self.graph = self._build()
 
     # ------------------------------------------------------------------ structure
     @property
@@ -106,67 +109,87 @@ class LayerGraph:
         kept = set(self.kept)
         return tuple(i for i in range(self.n_teacher) if i not in kept)
 
-    def _build(self) -> nx.MultiDiGraph:
-        """The graph, from the blocks: the one place the blocks are read; the queries below read the graph."""
-        g = nx.MultiDiGraph(name="layer graph")
+    @cached_property
+    def _parts(self) -> tuple[dict[str, dict], tuple[tuple[str, str, str, dict], ...]]:
+        """The nodes (name -> attributes) and edges (from, to, kind, attributes), from the blocks:
+        the one place the blocks are read; every query below reads these. Plain data, so that
+        `surgery check` need not import networkx (which takes longer than all of check)."""
+        nodes: dict[str, dict] = {}
+        edges: list[tuple[str, str, str, dict]] = []
         for side, depth in ((TEACHER, self.n_teacher), (STUDENT, self.n_student)):
-            g.add_node(node(side, "embed"), side=side, kind="embed")
+            nodes[node(side, "embed")] = {"side": side, "kind": "embed"}
             for i in range(depth):
-                g.add_node(node(side, i), side=side, kind="layer", index=i)
-            g.add_node(node(side, "final"), side=side, kind="final")
+                nodes[node(side, i)] = {"side": side, "kind": "layer", "index": i}
+            nodes[node(side, "final")] = {"side": side, "kind": "final"}
             chain = [node(side, "embed")] + [node(side, i) for i in range(depth)] + [node(side, "final")]
-            for u, v in zip(chain, chain[1:]):
-                g.add_edge(u, v, key="flow")
+            edges += [(u, v, "flow", {}) for u, v in zip(chain, chain[1:])]
         for b in self.blocks:
-            g.nodes[node(STUDENT, b.student)]["block"] = b.teacher
+            nodes[node(STUDENT, b.student)]["block"] = b.teacher
             for t in b.teacher:
-                g.nodes[node(TEACHER, t)]["block_of"] = b.student
-                g.add_edge(node(STUDENT, b.student), node(TEACHER, t), key="replaces")
-            g.add_edge(node(TEACHER, b.init), node(STUDENT, b.student), key="init")
-        g.add_edge(node(TEACHER, "embed"), node(STUDENT, "embed"), key="init")
-        g.add_edge(node(TEACHER, "final"), node(STUDENT, "final"), key="init")
+                nodes[node(TEACHER, t)]["block_of"] = b.student
+                edges.append((node(STUDENT, b.student), node(TEACHER, t), "replaces", {}))
+            edges.append((node(TEACHER, b.init), node(STUDENT, b.student), "init", {}))
+        edges.append((node(TEACHER, "embed"), node(STUDENT, "embed"), "init", {}))
+        edges.append((node(TEACHER, "final"), node(STUDENT, "final"), "init", {}))
         # Crossings between the two stacks at block boundaries.
         for prev, nxt in zip(self.blocks, self.blocks[1:]):
-            g.add_edge(node(STUDENT, prev.student), node(TEACHER, nxt.init), key="flow")
-            g.add_edge(node(TEACHER, prev.last), node(STUDENT, nxt.student), key="flow")
+            edges.append((node(STUDENT, prev.student), node(TEACHER, nxt.init), "flow", {}))
+            edges.append((node(TEACHER, prev.last), node(STUDENT, nxt.student), "flow", {}))
         # Alignment: student hidden state 0 (the embedding output) with the teacher's; the output
         # of student layer i with the output of the last teacher layer of its block; final with final.
-        g.add_edge(node(STUDENT, "embed"), node(TEACHER, "embed"), key="aligns", hidden=(0, 0))
-        for b in self.blocks[:-1]:
-            g.add_edge(node(STUDENT, b.student), node(TEACHER, b.last), key="aligns",
-                       hidden=(b.student + 1, b.last + 1))
-        g.add_edge(node(STUDENT, "final"), node(TEACHER, "final"), key="aligns",
-                   hidden=(self.n_student, self.n_teacher))
-        return g
+        edges.append((node(STUDENT, "embed"), node(TEACHER, "embed"), "aligns", {"hidden": (0, 0)}))
+        edges += [(node(STUDENT, b.student), node(TEACHER, b.last), "aligns", {"hidden": (b.student + 1, b.last + 1)})
+                  for b in self.blocks[:-1]]
+        edges.append((node(STUDENT, "final"), node(TEACHER, "final"), "aligns",
+                      {"hidden": (self.n_student, self.n_teacher)}))
+        return nodes, tuple(edges)
 
-    def _edges(self, kind: str):
-        return ((u, v, data) for u, v, k, data in self.graph.edges(keys=True, data=True) if k == kind)
+    @property
+    def nodes(self) -> dict[str, dict]:
+        return self._parts[0]
+
+    def edges(self, kind: str):
+        """(from, to, attributes) of every edge of one kind."""
+        return ((u, v, data) for u, v, k, data in self._parts[1] if k == kind)
+
+    @cached_property
+    def graph(self) -> nx.MultiDiGraph:
+        """The same nodes and edges as a networkx MultiDiGraph (edges keyed by kind), for
+        drawings, dumps and graph algorithms."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph(name="layer graph")
+        g.add_nodes_from(self.nodes.items())
+        g.add_edges_from((u, v, k, data) for u, v, k, data in self._parts[1])
+        return g
 
     @cached_property
     def aligned_pairs(self) -> tuple[tuple[int, int], ...]:
         """(student hidden index, teacher hidden index) pairs for the cosine loss: the `aligns` edges."""
-        return tuple(sorted(data["hidden"] for _, _, data in self._edges("aligns")))
+        return tuple(sorted(data["hidden"] for _, _, data in self.edges("aligns")))
 
     @cached_property
     def _init(self) -> dict[int, int]:
         """Student layer -> the teacher layer it is initialised from: the `init` edges between layers."""
-        nodes = self.graph.nodes
-        return {nodes[v]["index"]: nodes[u]["index"] for u, v, _ in self._edges("init") if "index" in nodes[v]}
+        nodes = self.nodes
+        return {nodes[v]["index"]: nodes[u]["index"] for u, v, _ in self.edges("init") if "index" in nodes[v]}
 
     def init_of(self, student_layer: int) -> int:
         return self._init[student_layer]
 
     @cached_property
     def _flow(self) -> dict[str, list[str]]:
-        """Each node's successors along `flow` edges, as plain lists: the walk below runs per model."""
-        out: dict[str, list[str]] = {n: [] for n in self.graph.nodes}
-        for u, v, _ in self._edges("flow"):
+        """Each node's successors along `flow` edges: the walk below runs once per model."""
+        out: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for u, v, _ in self.edges("flow"):
             out[u].append(v)
         return out
 
     def flow_graph(self) -> nx.DiGraph:
         """The forward-order edges alone: its embed->final paths are the buildable models."""
-        return nx.DiGraph([(u, v) for u, v, k in self.graph.edges(keys=True) if k == "flow"])
+        import networkx as nx
+
+        return nx.DiGraph([(u, v) for u, v, _ in self.edges("flow")])
 
     # ------------------------------------------------------------------ models on the graph
     def assemble(self, patched) -> Assembly:
@@ -179,14 +202,14 @@ class LayerGraph:
             raise SurgeryError(f"no student layer s{bad[0]}",
                                hint=f"the student has {self.n_student} layers (s0..s{self.n_student - 1})")
         path = self.path(patched)
-        nodes = self.graph.nodes
+        nodes = self.nodes
         layers = tuple(LayerRef(nodes[n]["side"], nodes[n]["index"]) for n in path[1:-1])
         return Assembly(patched, layers, nodes[path[0]]["side"], nodes[path[-1]]["side"])
 
     def path(self, patched) -> list[str]:
         """The flow-graph path of the model patching `patched`: at every fork take the node whose
         side is the one its block is on in this model."""
-        nodes, last = self.graph.nodes, self.n_student - 1
+        nodes, last = self.nodes, self.n_student - 1
 
         def wanted(n: str) -> bool:
             data = nodes[n]
@@ -235,8 +258,6 @@ class LayerGraph:
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self._shapes is None:
-            from surgery.shapes import tensor_shapes
-
             self._shapes = tensor_shapes(self.teacher_config)
         return self._shapes
 

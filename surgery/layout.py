@@ -146,3 +146,14 @@ def _check_depth(result: tuple[Block, ...], n_teacher: int, pos: Pos | None) -> 
     if len(result) >= n_teacher:
         raise SurgeryError(f"the student keeps all {n_teacher} teacher layers, so nothing is pruned",
                            pos=pos, hint="keep fewer layers, e.g. `keep first 1 every 2 last 1`")
+
+
+def layer_ranges(layers, prefix: str = "") -> str:
+    """(0, 1, 2, 5) -> '0..2, 5', as `keep` writes layers; with prefix 's': 's0..s2, s5'."""
+    runs: list[list[int]] = []
+    for x in sorted(layers):
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ", ".join(f"{prefix}{a}" if a == b else f"{prefix}{a}..{prefix}{b}" for a, b in runs) or "none"

@@ -53,13 +53,15 @@ def resolve(spec: str, *, base: Path, revision: str | None = None, file: Path | 
     if not HUB_ID.fullmatch(spec):
         raise SurgeryError(f"{where} directory not found: {local}", file=file, pos=pos,
                            hint="give an existing model directory or a hub id like `Qwen/Qwen3-4B-Base`")
-    _check_hub_id(spec, where, file, pos)
     cached = _from_hf_cache(spec, revision)
     if cached is not None:
         return ModelSource(spec, read_config(cached, where, pos, file), "hf-cache", cached.parent, revision)
     bundled = BUNDLED / spec / "config.json"
     if bundled.is_file():
         return ModelSource(spec, read_config(bundled, where, pos, file), "bundled", None, revision)
+    # Checked only on the way to the hub: the checker's module costs more than a whole `surgery
+    # check`, and an id that breaks the hub's rules is never in the cache or bundled.
+    _check_hub_id(spec, where, file, pos)
     return ModelSource(spec, _from_hub(spec, revision, where, file, pos), "hub", None, revision)
 
 
@@ -74,11 +76,20 @@ def _check_hub_id(repo_id: str, where: str, file, pos) -> None:
                            pos=pos, hint=str(err).splitlines()[0]) from None
 
 
-def _from_hf_cache(repo_id: str, revision: str | None) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
+def _from_hf_cache(repo_id: str, revision: str | None, cache_dir: str | Path | None = None) -> Path | None:
+    """The cached config.json, found the way `huggingface_hub.try_to_load_from_cache` finds it.
 
-    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    return Path(found) if isinstance(found, str) else None
+    Spelled out because importing that function loads the hub client (~0.3 s here); the cache
+    layout is documented: models--ORG--NAME/refs/REVISION holds the commit of snapshots/COMMIT/.
+    """
+    from huggingface_hub import constants  # settings only: cheap
+
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    revision = revision or "main"
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    found = repo / "snapshots" / commit / "config.json"
+    return found if found.is_file() else None
 
 
 def _from_hub(repo_id: str, revision: str | None, where: str, file, pos) -> dict:

@@ -203,7 +203,7 @@ class HubSource:
 
     @property
     def describe(self) -> str:
-        return f'hf "{self.spec.path}" split {self.spec.split} (streamed)'
+        return _hub_text(self.spec)
 
     def _open(self, epoch: int):
         import datasets
@@ -229,6 +229,10 @@ class HubSource:
             text = record[self.spec.field]
             if isinstance(text, str) and text:
                 yield text, (count, 0)
+
+
+def _hub_text(spec: DataSource, note: str = "streamed") -> str:
+    return f'hf "{spec.path}" split {spec.split} ({note})'
 
 
 def open_source(spec: DataSource, recipe: Recipe, seed: int, index: int):
@@ -399,9 +403,11 @@ class Corpus:
 
 
 def describe_sources(recipe: Recipe) -> list[str]:
-    """One line per data source, checking that local globs match (for --dry-run)."""
+    """One line per data source, for --dry-run: local globs are matched, hub data is named
+    without being opened (that needs the hub, and `datasets` takes seconds to import)."""
     d = recipe.distill
-    lines = [open_source(s, recipe, d.seed, i).describe + f", weight {s.weight:g}" for i, s in enumerate(d.data)]
+    lines = [(_hub_text(s, "streamed when training starts, not opened now") if s.kind == "hf"
+              else FileSource(s, recipe, d.seed, i).describe) + f", weight {s.weight:g}" for i, s in enumerate(d.data)]
     if d.validation.text is not None:
         spec = DataSource("text", d.validation.text, pos=d.validation.pos)
         lines.append("validation " + FileSource(spec, recipe, d.seed, len(d.data)).describe)

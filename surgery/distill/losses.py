@@ -34,17 +34,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from surgery.distill.plan import chunk_tokens
+
 HEAD_KINDS = ("ce", "kl", "reverse_kl", "jsd")
 HIDDEN_KINDS = ("cosine", "mse")
 IGNORE = -100  # target of a position with no next token to predict
-
-# Tokens per chunk: enough that one fp32 [chunk × vocab] tensor holds about 2^27 floats
-# (512 MB), whatever the vocabulary. A chunk's math keeps a handful of those alive.
-CHUNK_ELEMENTS = 2**27
-
-
-def chunk_tokens(vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // vocab)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ memory estimate per device. `--dry-run` prints it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from surgery.errors import SurgeryError
@@ -14,6 +15,14 @@ from surgery.recipe.units import format_bytes, format_count
 
 GiB = 2**30
 MAX_VALIDATION_ROWS = 256
+# Tokens per head-loss chunk (surgery.distill.losses): enough that one fp32 [chunk × vocab]
+# tensor holds about 2^27 floats (512 MB), whatever the vocabulary. A chunk's math keeps a
+# handful of those alive. It lives here, not beside the losses, so the plan needs no torch.
+CHUNK_ELEMENTS = 2**27
+
+
+def chunk_tokens(vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS // vocab)
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,6 @@ class Plan:
             activations = tokens * (self.student_layers * 4 * self.hidden + per_layer_token)
         else:
             activations = tokens * self.student_layers * per_layer_token
-        from surgery.distill.losses import chunk_tokens
-
         chunk = min(tokens, chunk_tokens(self.vocab))
         teacher_bytes = 4 if self.teacher_dtype == "fp32" else 2
         return {
@@ -152,11 +159,31 @@ def describe(plan: Plan, compiled, sources: list[str], strategy: str) -> str:
         f"tokens   {format_count(plan.tokens)} = {plan.steps} steps x {plan.batch} rows x {plan.seq} tokens",
         f"batch    {plan.micro_batch} rows per micro-batch x {plan.accumulation} accumulation x {plan.world} "
         f"process{'es' if plan.world > 1 else ''} ({strategy})",
-        f"device   {plan.device}, student {plan.precision}"
+        f"device   {_DEVICE_TEXT.get(plan.device, plan.device)}, student {plan.precision}"
         + (" autocast with fp32 master weights" if plan.precision != "fp32" else ""),
         f"schedule {plan.schedule}, lr {plan.lr:g}, warmup {plan.warmup} steps; checkpoint every "
         f"{plan.checkpoint_every} steps, validation every {plan.eval_every}",
         f"memory   about {format_bytes(plan.memory_total(strategy == 'fsdp'))} per device (estimate):",
     ]
     lines += [f"           {name}: {format_bytes(n)}" for name, n in plan.memory(strategy == "fsdp").items()]
+    return "\n".join(lines)
+
+
+_DEVICE_TEXT = {"auto": "auto (cuda, else mps, else cpu, chosen when training starts; on cpu all trains in fp32)"}
+
+
+def dry_run(compiled) -> str:
+    """What `surgery distill --dry-run` prints. Nothing is loaded, opened or downloaded, and torch
+    is not imported: the plan is for the recipe's `device` setting as written (`auto` is chosen
+    when training starts), local data globs are matched and hub data is named."""
+    from surgery.distill.data import describe_sources
+
+    recipe = compiled.recipe
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = make(compiled, world, recipe.distill.device if recipe.distill else "auto")
+    strategy = "single" if world == 1 else os.environ.get("SURGERY_DISTILL_STRATEGY", "ddp or fsdp")
+    lines = [describe(plan, compiled, describe_sources(recipe), strategy)]
+    if not (compiled.student_dir / "config.json").is_file():
+        lines.append(f"note     no student in {compiled.student_dir} yet: "
+                     f"run `surgery init-student {recipe.path}` first")
     return "\n".join(lines)

@@ -41,20 +41,16 @@ def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: 
     """Distill the student of `compiled`; returns the student directory. See surgery.distill."""
     recipe = compiled.recipe
     student_dir = compiled.student_dir
-    if not dry_run:
-        durable.recover(student_dir)
-        if not (student_dir / "config.json").is_file():
-            raise SurgeryError(f"no student in {student_dir}", file=recipe.path, pos=recipe.student.pos,
-                               hint=f"run `surgery init-student {recipe.path}` first")
+    if dry_run:
+        print(planning.dry_run(compiled))
+        return student_dir
+    durable.recover(student_dir)
+    if not (student_dir / "config.json").is_file():
+        raise SurgeryError(f"no student in {student_dir}", file=recipe.path, pos=recipe.student.pos,
+                           hint=f"run `surgery init-student {recipe.path}` first")
     d = recipe.distill
     device = devices.resolve(d.device if d is not None else "auto")
     plan = planning.make(compiled, int(os.environ.get("WORLD_SIZE", "1")), device)
-    if dry_run:
-        how = "single" if plan.world == 1 else os.environ.get("SURGERY_DISTILL_STRATEGY", "ddp or fsdp")
-        print(planning.describe(plan, compiled, data.describe_sources(recipe), how))
-        if not (student_dir / "config.json").is_file():
-            print(f"note     no student in {student_dir} yet: run `surgery init-student {recipe.path}` first")
-        return student_dir
     world = parallel.start(device)
     try:
         return _train(compiled, plan, world, progress=progress, tensorboard=tensorboard, stop_after=stop_after)

@@ -6,6 +6,8 @@ from the keywords lark would have accepted at that point.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -24,13 +26,29 @@ SUPPORTED_VERSIONS = (1,)
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
+    grammar = GRAMMAR.read_text()
     return Lark(
-        GRAMMAR.read_text(),
+        grammar,
         parser="lalr",
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=False,
+        cache=_grammar_cache(grammar),
     )
+
+
+def _grammar_cache(grammar: str) -> str | bool:
+    """Where lark keeps its analysis of the grammar: building it takes most of `surgery check`.
+
+    In the user's cache directory rather than lark's default, /tmp, because the cache is a pickle
+    that anyone could plant there; named by the grammar's hash, so versions do not overwrite it.
+    """
+    directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "surgery"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: build the parser each time
+        return False
+    return str(directory / f"boom-{hashlib.sha256(grammar.encode()).hexdigest()[:16]}.lark")
 
 
 @lru_cache(maxsize=1)

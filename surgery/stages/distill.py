@@ -21,7 +21,13 @@ def inputs(ctx: Context) -> dict:
 def run(ctx: Context, *, restart: bool = False, dry_run: bool = False, progress: bool = True,
         tensorboard: bool = False, stop_after: int | None = None) -> Path:
     """Distill the recipe's student. `restart` drops checkpoints and rewrites the untrained
-    student first (what `surgery run` does when the distill block changed)."""
+    student first (what `surgery run` does when the distill block changed). `dry_run` prints
+    the plan (tokens, steps, memory) without importing torch, and stops."""
+    if dry_run:
+        from surgery.distill.plan import dry_run as describe
+
+        print(describe(ctx.compiled))
+        return ctx.compiled.student_dir
     from surgery.distill import checkpoint
     from surgery.distill.train import run as distill
 
@@ -30,6 +36,5 @@ def run(ctx: Context, *, restart: bool = False, dry_run: bool = False, progress:
         from surgery.materialize import init_student
 
         init_student(ctx.compiled, force=True)
-    if not dry_run:
-        ctx.student()
-    return distill(ctx.compiled, dry_run=dry_run, progress=progress, tensorboard=tensorboard, stop_after=stop_after)
+    ctx.student()
+    return distill(ctx.compiled, progress=progress, tensorboard=tensorboard, stop_after=stop_after)
