@@ -30,12 +30,12 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # Settings whose change makes a checkpoint meaningless for the new recipe. micro_batch, device,
 # compile, activation_checkpointing and the checkpoint/eval intervals may change on resume.
+FINGERPRINT_FIELDS = ("data", "validation", "seq", "pack", "tokens", "steps", "batch", "optimizer", "schedule",
+                      "losses", "precision", "seed")
+
 # With `compile step`, step metrics stay on the device and are read every LOG_EVERY steps (and
 # before each validation, checkpoint and stop), so the host never waits for the device mid-run.
 LOG_EVERY = 10
-
-FINGERPRINT_FIELDS = ("data", "validation", "seq", "pack", "tokens", "steps", "batch", "optimizer", "schedule",
-                      "losses", "precision", "seed")
 
 
 def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: bool = False,
@@ -340,8 +340,8 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             try:
                 if engine.deferred:
                     n = int(rows.lengths.sum())
-                    pending.append((step + 1, tokens + n, lr, n, engine.step_deferred(rows, optimizer, d.optimizer.clip),
-                                    time.perf_counter()))
+                    queued = engine.step_deferred(rows, optimizer, d.optimizer.clip)
+                    pending.append((step + 1, tokens + n, lr, n, queued, time.perf_counter()))
                     if len(pending) >= LOG_EVERY or stopping or _boundary(step + 1, plan):
                         _report_pending(engine, pending, reporter)
                 else:
