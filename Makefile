@@ -12,7 +12,7 @@ $(BIN)/surgery: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)" -e ".[eval,test,demo]"
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install test demo wheels
 install: $(BIN)/surgery
 
 test: install
@@ -21,3 +21,13 @@ test: install
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python scripts/demo_data.py
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/surgery run recipes/tiny.boom
+
+# Wheels for bench/gpu_check.sh on a GPU machine that has torch and transformers but no network:
+# what surgery needs to distill beyond those (the script installs only the ones missing there).
+# Python 3.12 on x86-64 Linux, the GPU machine's; torch is never among them.
+WHEELS := lark==1.3.1 networkx==3.6.1 pyyaml==6.0.4 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 \
+	pygments==2.21.0 safetensors==0.8.0
+wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(WHEELS)

@@ -11,10 +11,23 @@ step is one micro-batch forward and backward plus an AdamW step.
 - `baseline` (--baseline): what the authors' trainer does: HF forwards with
   output_hidden_states=True and labels, full-vocabulary fp32 softmax KL, masked_select cosine.
 
+`--paths P...` runs a matrix instead, each path at each `--micro-batches`, in that order:
+`eager` (the default engine), `compile` (`compile yes`: each decoder layer compiled), `step`
+(`compile step`: both models compiled whole, the head loss's chunk math compiled, the step
+never waiting for the device; metrics read every train.LOG_EVERY steps) and `step-cudagraphs`
+(`step` with CUDA graphs for the whole-model graphs; CUDA only). Each cell stops its timed
+steps after `--cell-seconds`; cells left when `--budget-s` has passed are recorded as skipped.
+On CUDA, a `step` cell also runs one step under torch.cuda.set_sync_debug_mode("error") and
+records any host synchronisation it meets (`host_sync`). `--table FILE` turns such JSON lines
+into a markdown table. bench/gpu_check.sh runs the matrix on a GPU machine.
+
 Prints one JSON line per configuration as it goes (a failure, e.g. out of memory, is a line
 too), then a summary line with the ratios against the targets (>= 2.5x the baseline's tokens/s
 at micro-batch 2, <= 40% of its peak memory at micro-batch 8). Model TFLOP/s counts
-6*N_student + 2*N_teacher per token. `--tiny` runs a tiny shape, on CPU when there is no GPU.
+6*N_student + 2*N_teacher per token; `mfu` (on CUDA) adds the attention's FLOPs (3 passes of
+the student's causal attention, 1 of the teacher's, 2·seq·heads·head_dim per token and layer
+each: about 4.2 GFLOP per token in all at Qwen3-0.6B shapes) and divides by `--peak-tflops`
+(989, the H100/H200's dense bf16). `--tiny` runs a tiny shape, on CPU when there is no GPU.
 `--profile N` adds, per configuration, N profiled steps: the device's busy time per step (on a
 GPU, busy well under `step_ms` means the step waits on kernel launches, not on the GPU) and
 the ops that take most of it.
@@ -39,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from surgery import arch as arch_registry  # noqa: E402
 from surgery import layout  # noqa: E402
-from surgery.distill import data, losses, models, parallel  # noqa: E402
+from surgery.distill import data, losses, models, parallel, train  # noqa: E402
 from surgery.distill import plan as planning  # noqa: E402
 from surgery.distill.plan import Plan  # noqa: E402
 from surgery.distill.train import Engine  # noqa: E402
@@ -104,6 +117,12 @@ def flops_per_token(graph: LayerGraph) -> float:
     return 6 * graph.size(graph.student).params + 2 * graph.size(graph.teacher).params
 
 
+def attention_flops_per_token(graph: LayerGraph, shape: dict) -> float:
+    """Causal attention's QK^T and AV: 2·seq·width per token and layer for a forward pass."""
+    per_layer = 2 * shape["seq"] * shape["num_attention_heads"] * shape["head_dim"]
+    return per_layer * (3 * graph.n_student + graph.n_teacher)
+
+
 def plan_for(graph: LayerGraph, shape: dict, micro_batch: int, device: str, ac: bool) -> Plan:
     gpu = device == "cuda"
     return Plan(steps=10**6, seq=shape["seq"], batch=micro_batch, micro_batch=micro_batch, world=1, device=device,
@@ -120,18 +139,46 @@ def optimizer_for(student, device: torch.device):
 
 
 def surgery_step(teacher, graph, shape, micro_batch, device, *, student_dtype=torch.float32, compile=False,
-                 ac=False):
+                 ac=False, backend="inductor", cudagraphs=False):
     plan = plan_for(graph, shape, micro_batch, device.type, ac)
     student = build_student(teacher, graph, device, student_dtype)
     engine = Engine(teacher, student, graph, models.Objective.from_recipe(LOSSES, graph), plan,
-                    parallel.World(0, 1, 0, device), compile=compile, activation_checkpointing=ac)
+                    parallel.World(0, 1, 0, device), compile=compile, activation_checkpointing=ac,
+                    compile_backend=backend, cudagraphs=cudagraphs)
     optimizer = optimizer_for(student, device)
     rows = [random_rows(micro_batch, shape["seq"], shape["vocab_size"], seed) for seed in range(4)]
     count = iter(range(10**9))
+    pending = []
 
     def step():
-        engine.step(rows[next(count) % len(rows)], optimizer, Optimizer().clip)
+        batch = rows[next(count) % len(rows)]
+        if not engine.deferred:
+            engine.step(batch, optimizer, Optimizer().clip)
+            return
+        pending.append(engine.step_deferred(batch, optimizer, Optimizer().clip))
+        if len(pending) >= train.LOG_EVERY:
+            finish()
 
+    def finish():  # what the training loop does at a log interval
+        if pending:
+            engine.read(pending)
+            pending.clear()
+
+    def sync_check():
+        """The first host synchronisation inside one deferred step, or None."""
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            pending.append(engine.step_deferred(rows[0], optimizer, Optimizer().clip))
+        except RuntimeError as err:
+            return str(err).splitlines()[0][:300]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        finish()
+        return None
+
+    if engine.deferred:
+        step.finish, step.sync_check = finish, sync_check
     return step, plan.memory_total(), (engine, student, optimizer)
 
 
@@ -193,7 +240,10 @@ def profile_steps(step, device, steps: int, top: int = 15) -> dict:
                     for e in events[:top]]}
 
 
-def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=None, profile=0):
+def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=None, profile=0, seconds=None,
+            peak_flops=None, all_fpt=None):
+    """One configuration's record: after `warmup` steps, the mean of `steps` timed ones (fewer
+    if they pass `seconds`, at least 2). `mfu` counts `all_fpt` FLOPs per token."""
     record = {"config": name, "micro_batch": micro_batch, "seq": shape["seq"], **(extra or {})}
     held = None
     try:
@@ -203,18 +253,27 @@ def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=No
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         step, estimate, held = make()
+        finish = getattr(step, "finish", lambda: None)
         for _ in range(warmup):
             step()
+        finish()
         sync(device)
         record["warmup_s"] = round(time.perf_counter() - start, 1)
         t0 = time.perf_counter()
-        for _ in range(steps):
+        done = 0
+        while done < steps and (done < 2 or seconds is None or time.perf_counter() - t0 < seconds):
             step()
+            done += 1
+        finish()
         sync(device)
-        dt = (time.perf_counter() - t0) / steps
+        dt = (time.perf_counter() - t0) / done
         tokens_per_s = micro_batch * shape["seq"] / dt
-        record.update(step_ms=round(dt * 1e3, 2), tokens_per_s=round(tokens_per_s, 1),
+        record.update(steps=done, step_ms=round(dt * 1e3, 2), tokens_per_s=round(tokens_per_s, 1),
                       model_tflops=round(tokens_per_s * fpt / 1e12, 2))
+        if peak_flops:
+            record["mfu"] = round(tokens_per_s * all_fpt / peak_flops, 4)
+        if device.type == "cuda" and hasattr(step, "sync_check"):
+            record["host_sync"] = step.sync_check()
         if device.type == "cuda":
             record["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / GiB, 2)
             record["reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / GiB, 2)
@@ -222,6 +281,7 @@ def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=No
             record["estimate_gib"] = round(estimate / GiB, 2)
         if profile:
             record["profile"] = profile_steps(step, device, profile)
+            finish()
     except torch.OutOfMemoryError:
         record["error"] = "out of memory"
     except Exception as err:  # one broken configuration must not lose the others
@@ -266,6 +326,33 @@ def check_head_loss(device):
     emit(record)
 
 
+PATHS = {"eager": False, "compile": True, "step": "step", "step-cudagraphs": "step"}  # path -> Engine's compile
+COLUMNS = ("path", "micro_batch", "tokens_per_s", "mfu", "model_tflops", "step_ms", "peak_gib", "warmup_s",
+           "host_sync")
+
+
+def table(path: Path) -> str:
+    """A markdown table of a run's records (cells; failures and skips say so in the last column)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    head = [r for r in records if "device" in r]
+    rows = [r for r in records if "config" in r]
+    out = [f"device: {head[0]['device']}, torch {head[0]['torch']}, transformers {head[0]['transformers']}, "
+           f"shape {head[0]['shape']}" if head else "no device line", "",
+           "| " + " | ".join(COLUMNS) + " | error |", "|" + " --- |" * (len(COLUMNS) + 1)]
+    for r in rows:
+        cells = [str(r.get("path", r["config"])) if c == "path" else "" if r.get(c) is None else str(r[c])
+                 for c in COLUMNS]
+        out.append("| " + " | ".join(cells) + f" | {r.get('error') or r.get('skipped') or ''} |")
+    best = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r["tokens_per_s"], default=None)
+    if best is not None:
+        out += ["", f"fastest: {best.get('path', best['config'])} at micro-batch {best['micro_batch']}, "
+                    f"{best['tokens_per_s']:.0f} tokens/s"]
+        if best.get("profile"):
+            out += ["", f"its profile: {best['profile']['busy_ms_per_step']} ms busy per step of {best['step_ms']}"]
+            out += [f"- {e['op']}: {e['ms_per_step']} ms, {e['calls_per_step']} calls" for e in best["profile"]["top"]]
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", action="store_true", help="also run the authors' way, for the ratios")
@@ -278,7 +365,16 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=330, help="skip remaining configurations after this")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N steps of each configuration: device busy time and the top ops")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, help="run this matrix of engine paths (see above)")
+    parser.add_argument("--cell-seconds", type=float, default=None, help="stop a cell's timed steps after this")
+    parser.add_argument("--backend", default=None,
+                        help="torch.compile backend (default: inductor; aot_eager for --tiny on CPU)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's peak, for mfu (CUDA)")
+    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of these records and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(Path(args.table)))
+        return 0
 
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -296,15 +392,21 @@ def main() -> int:
     check_head_loss(device)
     teacher, graph = build_teacher(shape, device, torch.bfloat16 if gpu else torch.float32)
     fpt = flops_per_token(graph)
+    all_fpt = fpt + attention_flops_per_token(graph, shape)
     emit({"student_layers": graph.n_student, "kept": list(graph.kept), "n_student": graph.size(graph.student).params,
-          "n_teacher": graph.size(graph.teacher).params, "flop_per_token": fpt})
+          "n_teacher": graph.size(graph.teacher).params, "flop_per_token": fpt, "all_flop_per_token": all_fpt})
+    backend = args.backend or ("aot_eager" if args.tiny and not gpu else "inductor")
+    # Every cell compiles the same functions again for new models and shapes: more than dynamo's
+    # default 8 graphs per function, which would silently run the rest eagerly.
+    torch._dynamo.config.cache_size_limit = 64
 
     results = {}
     plan = []
     for mb in args.micro_batches:
         if args.baseline:
             plan.append(("baseline", mb, lambda mb=mb: baseline_step(teacher, graph, shape, mb, device), {}))
-        plan.append(("surgery", mb, lambda mb=mb: surgery_step(teacher, graph, shape, mb, device), {}))
+        if not args.paths:
+            plan.append(("surgery", mb, lambda mb=mb: surgery_step(teacher, graph, shape, mb, device), {}))
     if args.extras:
         small, large = min(args.micro_batches), max(args.micro_batches)
         plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device,
@@ -313,12 +415,23 @@ def main() -> int:
                      {"activation_checkpointing": True}))
         plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, compile=True),
                      {"compile": True}))
+    for mb in args.micro_batches if args.paths else ():
+        for path in args.paths:
+            plan.append(("surgery", mb, lambda mb=mb, path=path: surgery_step(
+                teacher, graph, shape, mb, device, compile=PATHS[path], backend=backend,
+                cudagraphs=path == "step-cudagraphs"), {"path": path}))
     for name, mb, make, extra in plan:
+        if extra.get("path") == "step-cudagraphs" and not gpu:
+            emit({"config": name, "micro_batch": mb, **extra, "skipped": "CUDA graphs need CUDA"})
+            continue
         if time.perf_counter() - t_start > args.budget_s:
             emit({"config": name, "micro_batch": mb, **extra, "skipped": "time budget"})
             continue
-        record = measure(name, make, mb, shape, device, fpt, args.warmup, args.steps, extra, args.profile)
-        if not extra:
+        record = measure(name, make, mb, shape, device, fpt, args.warmup, args.steps, extra, args.profile,
+                         args.cell_seconds, args.peak_tflops * 1e12 if gpu else None, all_fpt)
+        if extra.get("path") == "step-cudagraphs":
+            torch._dynamo.reset()  # frees the graphs' memory pools before the next cell
+        if not extra or extra == {"path": "eager"}:
             results[(name, mb)] = record
 
     summary = {"summary": True, "elapsed_s": round(time.perf_counter() - t_start, 1)}

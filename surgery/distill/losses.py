@@ -28,6 +28,7 @@ accumulated for the hidden states and the head weights, so no logits are kept or
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -57,9 +58,13 @@ class Head:
     bias: torch.Tensor | None = None
     softcap: float | None = None  # Gemma-2 style final_logit_softcapping
 
-    def logits(self, rows: slice, dtype: torch.dtype) -> torch.Tensor:
-        """fp32 logits of the tokens in `rows`, the matrix product done in `dtype`."""
-        h = self.hidden[rows].to(dtype)
+    def rows(self, rows: slice) -> "Head":
+        """The same head over the tokens in `rows` only."""
+        return dataclasses.replace(self, hidden=self.hidden[rows])
+
+    def logits(self, dtype: torch.dtype) -> torch.Tensor:
+        """fp32 logits of its tokens, the matrix product done in `dtype`."""
+        h = self.hidden.to(dtype)
         z = F.linear(h, self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype)).float()
         if self.softcap:
             z = torch.tanh(z / self.softcap) * self.softcap
@@ -135,22 +140,25 @@ def _log_softmax_cache(z: torch.Tensor | None):
     return get
 
 
-def _chunk(student: Head, teacher: Head | None, rows: slice, targets, valid, terms, scales, dtype):
-    """Loss sums over one chunk of tokens, and d(Σ scale·sum)/d(student logits).
+def chunk_loss(student: Head, teacher: Head | None, targets, valid, terms, scales, dtype):
+    """Loss sums over one chunk of tokens (the heads' and `targets`' rows), and
+    d(Σ scale·sum)/d(student logits).
 
-    `valid` is None when every token is real (packed rows), which saves a masking pass."""
-    z = student.logits(rows, dtype)
-    t = teacher.logits(rows, dtype) if teacher is not None else None
+    `valid` is None when every token is real (packed rows), which saves a masking pass.
+    Shapes depend only on the chunk's length, so `torch.compile` makes one graph per length."""
+    z = student.logits(dtype)
+    t = teacher.logits(dtype) if teacher is not None else None
     log_q, log_p = _log_softmax_cache(z), _log_softmax_cache(t)
     grad = None
     sums = []
     for term, scale in zip(terms, scales):
-        loss, g = _TERMS[term.kind](log_q, log_p, targets[rows], term)
+        loss, g = _TERMS[term.kind](log_q, log_p, targets, term)
         if term.kind != "ce" and valid is not None:  # ce masks itself through its targets
-            loss = loss * valid[rows]
-            g.masked_fill_(valid[rows, None] == 0, 0.0)
+            loss = loss * valid
+            g.masked_fill_(valid[:, None] == 0, 0.0)
         sums.append(loss.sum())
-        grad = g.mul_(scale) if grad is None else grad.add_(g, alpha=scale)
+        # mul_, not add_'s alpha: under torch.compile alpha would fix the scale's value into the graph.
+        grad = g.mul_(scale) if grad is None else grad.add_(g.mul_(scale))
     if student.softcap:
         grad *= 1 - (z / student.softcap) ** 2
     return torch.stack(sums), grad
@@ -181,16 +189,40 @@ def _chunks(n: int, vocab: int):
     return (slice(start, min(start + step, n)) for start in range(0, n, step))
 
 
+def _chunk_at(chunk_fn, rows: slice, student, teacher, targets, valid, terms, scales, dtype):
+    return chunk_fn(student.rows(rows), None if teacher is None else teacher.rows(rows), targets[rows],
+                    None if valid is None else valid[rows], terms, scales, dtype)
+
+
+def compiled_chunk(backend: str = "inductor"):
+    """The per-chunk math under `torch.compile`: the log-softmaxes, the terms and their
+    gradients fuse into a few passes over the [chunk × vocab] logits instead of one per op.
+    The matrix products stay cuBLAS calls."""
+    return torch.compile(chunk_loss, backend=backend)
+
+
 def _weighted(sums: torch.Tensor, scales) -> torch.Tensor:
     # Python floats as scalars: building a device tensor from them would wait for the GPU.
     return sum(sums[i] * scale for i, scale in enumerate(scales))
 
 
 class _FusedHeadLoss(torch.autograd.Function):
-    """Chunked head losses whose gradients are computed in the forward pass (see module doc)."""
+    """Chunked head losses whose gradients are computed in the forward pass (see module doc).
+
+    Why in the forward pass rather than recomputing logits in backward: the gradient with
+    respect to a chunk's student logits needs the teacher's distribution for that chunk
+    (KL: τ·(q − p)), so a backward that recomputed only the student's logits would have to keep
+    p for every chunk, which is the full [tokens × vocab] tensor this avoids, or recompute the
+    teacher's logits too, a third more head FLOPs. Done here, each chunk's logits exist once and
+    what is kept for backward is the finished gradient: [tokens × hidden] for the hidden states
+    and an fp32 [vocab × hidden] for the head weight (600 MB at Qwen3's vocabulary), whatever
+    the number of tokens. The cost: the head's weight gradient is computed even when backward
+    is never called (training always calls it; evaluation takes the no-grad branch of
+    `head_loss`, which computes no gradients).
+    """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, student, teacher, targets, valid, terms, scales, dtype):
+    def forward(ctx, h, weight, bias, student, teacher, targets, valid, terms, scales, dtype, chunk_fn):
         grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None else None
@@ -198,7 +230,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         sums = torch.zeros(len(terms), dtype=torch.float32, device=h.device)
         with torch.autocast(h.device.type, enabled=False):
             for rows in _chunks(h.shape[0], weight.shape[0]):
-                chunk_sums, g = _chunk(student, teacher, rows, targets, valid, terms, scales, dtype)
+                chunk_sums, g = _chunk_at(chunk_fn, rows, student, teacher, targets, valid, terms, scales, dtype)
                 sums += chunk_sums
                 g_low = g.to(dtype)
                 grad_h[rows] = g_low @ w
@@ -215,26 +247,27 @@ class _FusedHeadLoss(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         return (grad_h * grad_total.to(grad_h.dtype), grad_w * grad_total.to(grad_w.dtype),
                 None if grad_b is None else grad_b * grad_total.to(grad_b.dtype),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def head_loss(student: Head, teacher: Head | None, targets: torch.Tensor, valid: torch.Tensor | None,
-              terms: tuple[HeadTerm, ...], scales: tuple[float, ...], dtype: torch.dtype = torch.float32):
+              terms: tuple[HeadTerm, ...], scales: tuple[float, ...], dtype: torch.dtype = torch.float32,
+              chunk_fn=chunk_loss):
     """(Σ scale_k · sum_k, the sums [k]) for head terms over all tokens, in chunks.
 
     `student.hidden` is [tokens, hidden]; `targets` [tokens] holds the next token or IGNORE;
     `valid` [tokens] is 1 for real tokens, 0 for padding, or None when all tokens are real.
-    `dtype` is the matmul precision.
+    `dtype` is the matmul precision. `chunk_fn` is the per-chunk math, or `compiled_chunk()`.
     Gradients flow to the student's hidden states, head weight and bias.
     """
     valid = None if valid is None else valid.to(torch.float32)
     if torch.is_grad_enabled() and (student.hidden.requires_grad or student.weight.requires_grad):
         return _FusedHeadLoss.apply(student.hidden, student.weight, student.bias, student, teacher, targets,
-                                    valid, terms, scales, dtype)
+                                    valid, terms, scales, dtype, chunk_fn)
     sums = torch.zeros(len(terms), dtype=torch.float32, device=student.hidden.device)
     with torch.no_grad(), torch.autocast(student.hidden.device.type, enabled=False):
         for rows in _chunks(student.hidden.shape[0], student.weight.shape[0]):
-            sums += _chunk(student, teacher, rows, targets, valid, terms, scales, dtype)[0]
+            sums += _chunk_at(chunk_fn, rows, student, teacher, targets, valid, terms, scales, dtype)[0]
     return _weighted(sums, scales), sums
 
 

@@ -114,19 +114,26 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def base_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The base model's final normed hidden states (the capture hooks record the aligned ones).
+    A plain function, so `torch.compile` can take it whole: embedding, every layer, the hooks
+    and the final norm in one graph (and, for the student, its backward in one more)."""
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
 class Teacher:
     """The frozen teacher: its final head inputs and its aligned hidden states for a batch."""
 
-    def __init__(self, model, graph: LayerGraph, indices):
+    def __init__(self, model, graph: LayerGraph, indices, forward=base_forward):
         self.model = model.eval().requires_grad_(False)
         self.final = graph.n_teacher
         self.capture = Capture(layer_list(model, graph), [i for i in indices if i != self.final])
+        self.forward = forward  # base_forward, or it compiled
 
     def __call__(self, batch: Batch) -> tuple[losses.Head, dict[int, torch.Tensor]]:
         with torch.inference_mode(), self.capture:
-            out = self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                        use_cache=False)
-            states = {**self.capture.states, self.final: out.last_hidden_state}
+            final = self.forward(self.model, batch.input_ids, batch.attention_mask)
+            states = {**self.capture.states, self.final: final}
         # Clone outside inference mode: inference tensors cannot be saved for the student's backward.
         states = {i: _flat(s).clone() for i, s in states.items()}
         return _head(self.model, states[self.final]), states
@@ -183,14 +190,19 @@ class Objective:
 
 class Distiller(nn.Module):
     """The student and its loss: `forward` takes a micro-batch with the teacher's outputs and
-    returns (the weighted loss, the term sums). Data-parallel wrappers wrap this module."""
+    returns (the weighted loss, the term sums). Data-parallel wrappers wrap this module.
 
-    def __init__(self, student, graph: LayerGraph, objective: Objective, matmul_dtype: torch.dtype):
+    `forward_fn` runs the student's base model (`base_forward`, or it compiled) and `chunk_fn`
+    the head loss's per-chunk math (`losses.compiled_chunk()` compiles it)."""
+
+    def __init__(self, student, graph: LayerGraph, objective: Objective, matmul_dtype: torch.dtype,
+                 forward_fn=base_forward, chunk_fn=losses.chunk_loss):
         super().__init__()
         self.student = student
         self.objective = objective
         self.final = graph.n_student
         self.matmul_dtype = matmul_dtype
+        self.forward_fn, self.chunk_fn = forward_fn, chunk_fn
         self.capture = Capture(layer_list(student, graph), [s for s, _ in objective.pairs if s != self.final])
 
     def forward(self, batch: Batch, teacher_head: losses.Head, teacher_states: dict, scales,
@@ -198,16 +210,15 @@ class Distiller(nn.Module):
         objective = objective or self.objective
         head_scales, hidden_scales = scales
         with self.capture:
-            out = self.student.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                          use_cache=False)
-            states = {**self.capture.states, self.final: out.last_hidden_state}
+            final = self.forward_fn(self.student, batch.input_ids, batch.attention_mask)
+            states = {**self.capture.states, self.final: final}
         total = torch.zeros((), device=batch.input_ids.device)
         sums = []
         if objective.head_terms:
             head = _head(self.student, states[self.final])
             teacher = teacher_head if objective.needs_teacher_logits() else None
             loss, head_sums = losses.head_loss(head, teacher, batch.targets, batch.valid, objective.head_terms,
-                                               head_scales, self.matmul_dtype)
+                                               head_scales, self.matmul_dtype, self.chunk_fn)
             total, sums = total + loss, [head_sums]
         if objective.hidden_kinds:
             pairs = objective.pairs

@@ -50,10 +50,11 @@ class Reporter:
                 if isinstance(value, float):
                     self.writer.add_scalar(f"{tag}/{key}", value, record["step"])
 
-    def step(self, step: int, tokens: int, metrics: dict, step_tokens: int) -> None:
+    def step(self, step: int, tokens: int, metrics: dict, step_tokens: int, at: float | None = None) -> None:
+        """`at`: the perf_counter time the step ended, when it is reported later (default: now)."""
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = time.perf_counter() if at is None else at
         rate = step_tokens / (now - self._last) if self._last is not None else 0.0
         self._last = now
         self._record({"step": step, "tokens": tokens, **metrics, "tokens_per_s": round(rate, 1), "time": time.time()})

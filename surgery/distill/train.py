@@ -14,13 +14,14 @@ import dataclasses
 import math
 import os
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from surgery import devices, durable, source
-from surgery.distill import checkpoint, data, models, parallel
+from surgery.distill import checkpoint, data, losses, models, parallel
 from surgery.distill import plan as planning
 from surgery.distill.progress import Reporter
 from surgery.errors import SurgeryError
@@ -34,6 +35,10 @@ FINGERPRINT_FIELDS = ("data", "validation", "seq", "pack", "tokens", "steps", "b
 # ... except these, which only set the size of the steps to come: lowering them is how a run that
 # diverged goes on from its last good checkpoint.
 STEP_SIZE_FIELDS = {"optimizer": ("lr", "clip"), "schedule": ("kind", "warmup")}
+
+# With `compile step`, step metrics stay on the device and are read every LOG_EVERY steps (and
+# before each validation, checkpoint and stop), so the host never waits for the device mid-run.
+LOG_EVERY = 10
 
 
 def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: bool = False,
@@ -118,28 +123,53 @@ def _checkpoint_activations(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _compile_layers(*models_and_layers) -> None:
+def _compile_layers(*models_and_layers, backend: str = "inductor") -> None:
     for layers in models_and_layers:
         for layer in layers:
-            layer.forward = torch.compile(layer.forward)
+            layer.forward = torch.compile(layer.forward, backend=backend)
+
+
+@dataclasses.dataclass
+class Pending:
+    """An optimizer step's metrics still on the device (`Engine.step_deferred`)."""
+
+    sums: torch.Tensor  # this process's term sums
+    norm: torch.Tensor  # the global gradient norm
+    n_targets: int
+    n_tokens: int
 
 
 class Engine:
     """The loaded models and the step and evaluation functions (shared with the benchmark)."""
 
     def __init__(self, teacher_model, student_model, graph, objective: models.Objective, plan, world, *,
-                 compile: bool = False, activation_checkpointing: bool = False, strategy: str = "single",
-                 shard_teacher: bool = False):
+                 compile: bool | str = False, activation_checkpointing: bool = False, strategy: str = "single",
+                 shard_teacher: bool = False, compile_backend: str = "inductor", cudagraphs: bool = False):
+        """`compile`: False; True compiles each decoder layer; "step" compiles the teacher's and
+        the student's base models whole and the head loss's chunk math, and makes `deferred`
+        true: the loop should use `step_deferred`, which never waits for the device.
+        `compile_backend` and `cudagraphs` (CUDA graphs for the whole-model graphs) are for
+        tests and the benchmark."""
         self.plan, self.world, self.strategy, self.objective = plan, world, strategy, objective
+        self.deferred = compile == "step"
+        forwards, chunk_fn = (models.base_forward, models.base_forward), losses.chunk_loss
         if activation_checkpointing:
             _checkpoint_activations(student_model)
-        if compile:
-            _compile_layers(models.layer_list(student_model, graph), models.layer_list(teacher_model, graph))
+        if self.deferred and not (shard_teacher or strategy == "fsdp"):
+            whole = {"mode": "reduce-overhead"} if cudagraphs else {}
+            # Static shapes (packed rows): one graph per micro-batch size, no shape guards in it.
+            forwards = tuple(torch.compile(models.base_forward, backend=compile_backend, dynamic=False, **whole)
+                             for _ in range(2))
+            chunk_fn = losses.compiled_chunk(compile_backend)
+        elif compile:  # FSDP's per-layer hooks stay outside the graphs: compile layer by layer
+            _compile_layers(models.layer_list(student_model, graph), models.layer_list(teacher_model, graph),
+                            backend=compile_backend)
+        self.cudagraphs = cudagraphs
         if shard_teacher:
             parallel.fully_shard_layers(teacher_model, models.layer_list(teacher_model, graph))
-        self.teacher = models.Teacher(teacher_model, graph, models.teacher_indices(objective, graph))
+        self.teacher = models.Teacher(teacher_model, graph, models.teacher_indices(objective, graph), forwards[0])
         precision = plan.precision
-        self.distiller = models.Distiller(student_model, graph, objective, DTYPES[precision])
+        self.distiller = models.Distiller(student_model, graph, objective, DTYPES[precision], forwards[1], chunk_fn)
         self.student = student_model.train()
         self.model = parallel.wrap(self.distiller, world, strategy, models.layer_list(student_model, graph),
                                    find_unused=not objective.head_terms)
@@ -149,6 +179,56 @@ class Engine:
 
     def step(self, rows: data.Rows, optimizer, clip: float) -> tuple[dict, float]:
         """One optimizer step on the global batch `rows`: (term means, gradient norm)."""
+        sums, norm, n_targets, n_tokens = self._backward(rows, optimizer, clip)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        metrics = self.objective.means(parallel.sum_all(sums).cpu(), n_targets, n_tokens)
+        error = self._not_finite(metrics, norm)
+        if error is not None:
+            optimizer.zero_grad(set_to_none=True)
+            raise error
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return metrics, norm
+
+    def step_deferred(self, rows: data.Rows, optimizer, clip: float) -> Pending:
+        """`step` without reading anything from the device, so the host runs ahead into the next
+        step: the update is queued whatever the loss, and `read` checks it later. So read every
+        pending step before saving or evaluating anything. (fp16's loss scaler still reads its
+        overflow flag here.)"""
+        sums, norm, n_targets, n_tokens = self._backward(rows, optimizer, clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return Pending(sums, norm.full_tensor() if hasattr(norm, "full_tensor") else norm, n_targets, n_tokens)
+
+    def read(self, pending: list[Pending]) -> list[tuple[dict, float]]:
+        """(term means, gradient norm) of each pending step, in one wait for the device.
+        Raises FloatingPointError, with `.index` the position in `pending`, at the first step
+        whose loss or gradient norm is not finite."""
+        sums = parallel.sum_all(torch.stack([p.sums for p in pending])).cpu()
+        norms = torch.stack([p.norm.float() for p in pending]).cpu().tolist()
+        out = []
+        for i, (p, s, norm) in enumerate(zip(pending, sums, norms)):
+            metrics = self.objective.means(s, p.n_targets, p.n_tokens)
+            error = self._not_finite(metrics, norm)
+            if error is not None:
+                error.index = i
+                raise error
+            out.append((metrics, norm))
+        return out
+
+    def _not_finite(self, metrics: dict, norm: float) -> FloatingPointError | None:
+        """The error for a step whose loss or gradient norm is not finite (fp16's loss scaler
+        skips steps with an infinite norm itself)."""
+        if math.isfinite(metrics["loss"]) and (math.isfinite(norm) or self.scaler.is_enabled()):
+            return None
+        return FloatingPointError(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) + f", grad_norm {norm:.4g}")
+
+    def _backward(self, rows: data.Rows, optimizer, clip: float):
+        """Forward and backward passes over this process's share of `rows`, then the gradient
+        clip: (this process's term sums, the gradient norm, targets, tokens), nothing read back
+        from the device."""
         plan, world = self.plan, self.world
         per_rank = len(rows) // world.size
         mine = rows[world.rank * per_rank:(world.rank + 1) * per_rank]
@@ -159,6 +239,8 @@ class Engine:
         for i in range(plan.accumulation):
             part = mine[i * plan.micro_batch:(i + 1) * plan.micro_batch]
             batch = models.Batch.from_rows(part.tokens, part.lengths, world.device)
+            if self.cudagraphs:  # a new iteration: the graphs' previous outputs are no longer read
+                torch.compiler.cudagraph_mark_step_begin()
             teacher_head, teacher_states = self.teacher(batch)
             with parallel.gradient_sync(self.model, self.strategy, sync=i == plan.accumulation - 1):
                 with self.autocast:
@@ -167,15 +249,7 @@ class Engine:
             sums += term_sums.detach()
         self.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        metrics = self.objective.means(parallel.sum_all(sums).cpu(), n_targets, n_tokens)
-        if not math.isfinite(metrics["loss"]) or (not math.isfinite(norm) and not self.scaler.is_enabled()):
-            optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) + f", grad_norm {norm:.4g}")
-        self.scaler.step(optimizer)
-        self.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return metrics, norm
+        return sums, norm, n_targets, n_tokens
 
     @torch.no_grad()
     def evaluate(self, rows: data.Rows) -> dict:
@@ -195,6 +269,8 @@ class Engine:
             else:
                 weight = 1.0
             batch = models.Batch.from_rows(part.tokens, part.lengths, world.device)
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
             teacher_head, teacher_states = self.teacher(batch)
             with self.autocast:
                 sums += weight * self.distiller(batch, teacher_head, teacher_states, ones, objective)[1]
@@ -252,6 +328,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
                  f"distilling {graph.n_teacher} -> {graph.n_student} layers: {plan.steps} steps on {plan.world} x "
                  f"{plan.device} ({how}), {plan.precision}")
     final = None  # the latest validation metrics
+    pending = []  # engine.deferred: (step, tokens, lr, step tokens, Pending, host time) not yet read
     try:
         if last is None:
             reporter.validation(0, engine.evaluate(validation))
@@ -260,15 +337,24 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             for group in optimizer.param_groups:
                 group["lr"] = lr
             rows = corpus.train.take(plan.batch)
+            stopping = stop_after is not None and step + 1 >= stop_after
             try:
-                metrics, norm = engine.step(rows, optimizer, d.optimizer.clip)
+                if engine.deferred:
+                    n = int(rows.lengths.sum())
+                    queued = engine.step_deferred(rows, optimizer, d.optimizer.clip)
+                    pending.append((step + 1, tokens + n, lr, n, queued, time.perf_counter()))
+                    if len(pending) >= LOG_EVERY or stopping or _boundary(step + 1, plan):
+                        _report_pending(engine, pending, reporter)
+                else:
+                    metrics, norm = engine.step(rows, optimizer, d.optimizer.clip)
             except FloatingPointError as err:
-                raise _diverged(f"the loss is not finite at step {step + 1} ({err})", root, step, recipe,
+                bad = pending[err.index][0] if hasattr(err, "index") else step + 1
+                raise _diverged(f"the loss is not finite at step {bad} ({err})", root, bad - 1, recipe,
                                 world) from None
             step += 1
             tokens += int(rows.lengths.sum())
-            reporter.step(step, tokens, {**metrics, "lr": lr, "grad_norm": norm}, int(rows.lengths.sum()))
-            stopping = stop_after is not None and step >= stop_after
+            if not engine.deferred:
+                reporter.step(step, tokens, {**metrics, "lr": lr, "grad_norm": norm}, int(rows.lengths.sum()))
             if step % plan.eval_every == 0 or step == plan.steps:
                 final = engine.evaluate(validation)
                 reporter.validation(step, final)
@@ -323,6 +409,22 @@ def _diverged(message: str, root: Path, step: int, recipe, world) -> SurgeryErro
     return SurgeryError(message, file=recipe.path, pos=recipe.distill.pos,
                         hint=_resume_hint(root, "lower `lr` on the optimizer line (a resume accepts a changed "
                                                 "`lr`, `clip` or schedule) or check the data"))
+
+
+def _boundary(step: int, plan) -> bool:
+    """Whether the loop validates or checkpoints after `step`."""
+    return step % plan.eval_every == 0 or step % plan.checkpoint_every == 0 or step == plan.steps
+
+
+def _report_pending(engine: Engine, pending: list, reporter: Reporter) -> None:
+    """Read the deferred steps' metrics (one wait for the device) and report them; empties
+    `pending` unless a step is not finite (FloatingPointError, see Engine.read)."""
+    results = engine.read([p[4] for p in pending])
+    done = time.perf_counter()  # the last step ended on the device by now, not when it was queued
+    for i, ((step, tokens, lr, n, _, at), (metrics, norm)) in enumerate(zip(pending, results)):
+        reporter.step(step, tokens, {**metrics, "lr": lr, "grad_norm": norm}, n,
+                      at=done if i == len(pending) - 1 else at)
+    pending.clear()
 
 
 def _resume_hint(root: Path, advice: str) -> str:

@@ -149,7 +149,7 @@ class Distill:
     eval_every: int | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["step"] = False  # "step": whole models and the loss, no waits (docs/distill.md)
     activation_checkpointing: bool = False
     pos: Pos | None = dataclasses.field(default=None, compare=False)
 

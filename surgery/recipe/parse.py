@@ -532,7 +532,7 @@ class _Build(Transformer):
         return _Setting("device", str(items[0]), _pos(meta))
 
     def compile(self, meta, items):
-        return _Setting("compile", str(items[0]) == "yes", _pos(meta))
+        return _Setting("compile", {"yes": True, "no": False, "step": "step"}[str(items[0])], _pos(meta))
 
     def activation_checkpointing(self, meta, items):
         return _Setting("activation_checkpointing", str(items[0]) == "yes", _pos(meta))
