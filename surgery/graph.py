@@ -92,7 +92,7 @@ class LayerGraph:
         self.graph = self._build()
 
     # ------------------------------------------------------------------ structure
-    @property
+    @cached_property
     def patchable(self) -> tuple[int, ...]:
         """Student layers whose block has more than one teacher layer: the size steps."""
         return tuple(b.student for b in self.blocks if b.patchable)
@@ -161,14 +161,22 @@ class LayerGraph:
         if bad:
             raise SurgeryError(f"no student layer s{bad[0]}",
                                hint=f"the student has {self.n_student} layers (s0..s{self.n_student - 1})")
+        teacher, student = self._refs
         layers: list[LayerRef] = []
         for b in self.blocks:
             if b.student in patched:
-                layers.extend(LayerRef(TEACHER, t) for t in b.teacher)
+                layers.extend(teacher[b.teacher[0]:b.teacher[-1] + 1])  # a block is a contiguous run
             else:
-                layers.append(LayerRef(STUDENT, b.student))
+                layers.append(student[b.student])
         side = lambda b: TEACHER if b.student in patched else STUDENT  # noqa: E731
         return Assembly(patched, tuple(layers), side(self.blocks[0]), side(self.blocks[-1]))
+
+    @cached_property
+    def _refs(self) -> tuple[tuple[LayerRef, ...], tuple[LayerRef, ...]]:
+        """One LayerRef per teacher and per student layer, shared by every assembly: a schedule
+        holds a model per step, each as deep as the teacher, so building them must be cheap."""
+        return (tuple(LayerRef(TEACHER, t) for t in range(self.n_teacher)),
+                tuple(LayerRef(STUDENT, s) for s in range(self.n_student)))
 
     def path(self, assembly: Assembly) -> list[str]:
         """The assembly as a path of node names through the flow graph."""
