@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -52,7 +52,6 @@ class Case:
     proc: bool = False  # run as a subprocess
     needs: tuple[str, ...] = ()  # "real" (a teacher with weights), "locked" (a folder nothing can write to)
     untouched: tuple[str, ...] = ()  # paths that must not exist afterwards: nothing was written
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- inputs the cases share

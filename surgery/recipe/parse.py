@@ -146,12 +146,12 @@ _QUOTES = "\u201c\u201d\u201e\u2033"
 def _unusual_character(ch: str, pos: Pos | None) -> SurgeryError:
     """`unexpected character U+00A0 (NO-BREAK SPACE)`: by code point, since it may not show."""
     name = unicodedata.name(ch, "")
-    code = f"U+{ord(ch):04X}" + (f" ({name})" if name else "")
     if unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc", "Cf", "Cn", "Co", "Mn", "Me"):
-        return SurgeryError(f"unexpected invisible character {code}", pos=pos,
-                            hint="delete it, or type a plain space if one belongs there")
-    hint = 'strings take straight quotes: "..."' if ch in _QUOTES else "recipes are written in plain ASCII outside strings"
-    return SurgeryError(f"unexpected `{ch}` ({code})", pos=pos, hint=hint)
+        return SurgeryError(f"unexpected invisible character U+{ord(ch):04X}" + (f" ({name})" if name else ""),
+                            pos=pos, hint="delete it, or type a plain space if one belongs there")
+    hint = 'strings take straight quotes: "..."' if ch in _QUOTES else \
+        "recipes are written in plain ASCII outside strings"
+    return SurgeryError(f"unexpected `{ch}` (U+{ord(ch):04X}" + (f" {name})" if name else ")"), pos=pos, hint=hint)
 
 
 _UNITS = [*COUNT, *BYTES, "%"]
