@@ -9,6 +9,7 @@ each model type what transformers assumes for config keys left out and every ten
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,6 +20,9 @@ import yaml
 from surgery.errors import SurgeryError
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "architectures"
+# A schedule lists a model per patch step, each as long as the teacher, so the work grows with
+# depth squared: refused above this (in a second at this depth; published models have < 200 layers).
+MAX_LAYERS = 1024
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Architecture:
     head_aliases: tuple[str, ...]
     tie: str  # config key that says the head is tied to the embeddings
     per_layer: tuple[str, ...]  # config lists with one entry per layer
+    positions: str = "max_position_embeddings"  # config key: the longest sequence the model takes
     # model_type -> {config key: value or expression} for keys a config.json may leave out
     defaults: dict[str, dict] = field(default_factory=dict, compare=False)
     # model_type -> {"model": {name: dims}, "layer": {name: dims}}, read by surgery/shapes.py
@@ -70,7 +75,19 @@ class Architecture:
         )
 
     def depth_of(self, config: dict) -> int:
-        return int(config[self.depth])
+        """The number of layers the config gives: a whole number from 1 to MAX_LAYERS."""
+        value = config.get(self.depth)
+        if value is None:
+            raise SurgeryError(f"the config has no `{self.depth}`", hint="is config.json complete?")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SurgeryError(f"the config's `{self.depth}` is {json.dumps(value)[:40]}, not a positive whole number",
+                               hint="is config.json complete?")
+        if value > MAX_LAYERS:
+            raise SurgeryError(f"the config's `{self.depth}` is {value:,}; surgery handles models of at most "
+                               f"{MAX_LAYERS:,} layers",
+                               hint="the deepest published language models have under 200 layers; is config.json "
+                                    "right?")
+        return value
 
     def is_tied(self, config: dict) -> bool:
         tied = config.get(self.tie)
@@ -101,6 +118,7 @@ def registry() -> dict[str, Architecture]:
             head_aliases=tuple(raw.get("head_aliases", ())),
             tie=raw["tie"],
             per_layer=tuple(raw.get("per_layer", ())),
+            positions=raw.get("positions", "max_position_embeddings"),
             defaults=raw.get("defaults", {}),
             tensors=raw.get("tensors", {}),
         )
@@ -113,7 +131,7 @@ def for_config(config: dict, where: str = "the teacher config") -> Architecture:
     """The architecture of a config.json dict, or a SurgeryError listing the known ones."""
     model_type = config.get("model_type")
     known = registry()
-    if model_type in known:
+    if isinstance(model_type, str) and model_type in known:
         return known[model_type]
     raise SurgeryError(
         f"{where} has model_type `{model_type}`, which has no known layer layout",

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from surgery import __version__
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, os_error
 
 
 def _command_modules():
@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `surgery audit ... | head`
         return 0
+    except OSError as err:
+        # The last resort: a file-system failure that no deeper code turned into a SurgeryError
+        # still reads as one line. The places that write name their paths themselves.
+        where = f"cannot use {err.filename}" if err.filename else "a file operation failed"
+        print(os_error(err, where, err.filename), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -59,9 +59,7 @@ def compile_recipe(recipe: Recipe) -> Compiled:
         n_teacher = arch.depth_of(config)
     except SurgeryError as err:
         raise SurgeryError(err.message, file=file, pos=recipe.teacher.pos, hint=err.hint) from None
-    except (KeyError, TypeError, ValueError):
-        raise SurgeryError(f"the teacher config has no usable `{arch.depth}`", file=file, pos=recipe.teacher.pos,
-                           hint="is config.json complete?") from None
+    _check_positions(recipe, arch, config)
     blocks = layout.blocks(recipe.student.layers, n_teacher)
     graph = LayerGraph(arch, config, blocks)
     compiled_dtype = recipe.emit.dtype if recipe.emit else recipe.teacher.dtype
@@ -90,6 +88,26 @@ def _check_remote_code(recipe: Recipe, config: dict) -> None:
         raise SurgeryError(f"the teacher's `{config.get('model_type')}` architecture runs code from its repository",
                            pos=recipe.teacher.pos,
                            hint="read that code, then add `trust_remote_code yes` to the teacher block")
+
+
+def _check_positions(recipe: Recipe, arch, config: dict) -> None:
+    """Every sequence length the recipe asks for, written or by default, fits in the teacher's positions."""
+    limit = config.get(arch.positions)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        return  # no limit stated: transformers decides
+    lengths = []
+    if recipe.distill is not None:
+        d = recipe.distill
+        written = "seq" in d.setting_pos
+        lengths.append(("seq" if written else "seq (the default)", d.seq, d.setting_pos.get("seq", d.pos)))
+    if recipe.patch.calibration is not None:
+        lengths.append(("calibration seq", recipe.patch.calibration.seq, recipe.patch.calibration.pos))
+    if recipe.evaluate is not None and recipe.evaluate.perplexity is not None:
+        lengths.append(("perplexity seq", recipe.evaluate.perplexity.seq, recipe.evaluate.perplexity.pos))
+    for what, seq, pos in lengths:
+        if seq > limit:
+            raise SurgeryError(f"{what} {seq} is longer than the teacher's {limit:,} positions", pos=pos,
+                               hint=f"`{arch.positions}` in its config.json is {limit}; write `seq {limit}` or less")
 
 
 def _placeholders(emit) -> set[str]:

@@ -82,7 +82,7 @@ def _describe(node) -> str:
         if node.kind != "text":
             text += f' field "{node.field}"'
         return text + (f" weight {node.weight:g}" if node.weight != 1.0 else "")
-    fields = [f for f in dataclasses.fields(node) if f.name != "pos"]
+    fields = [f for f in dataclasses.fields(node) if f.compare]  # positions are no part of a value
     return " ".join(f"{f.name} {_show(getattr(node, f.name), f.name)}" for f in fields)
 
 
@@ -92,7 +92,7 @@ def _walk(prefix: list[str], a, b, field: str = ""):
         return
     if dataclasses.is_dataclass(a) and type(a) is type(b):
         for f in dataclasses.fields(a):
-            if f.name != "pos":
+            if f.compare:
                 yield from _walk(prefix + [_KEYWORD.get(f.name, f.name)], getattr(a, f.name), getattr(b, f.name),
                                  f.name)
         return

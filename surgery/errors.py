@@ -7,6 +7,7 @@ nothing else reaches the terminal, so no traceback ever shows for bad input.
 from __future__ import annotations
 
 import difflib
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,9 @@ class SurgeryError(Exception):
         """The same error, placed in `file` (and given its source line for the caret)."""
         line = None
         if source is not None and self.pos is not None:
-            lines = source.split("\n")  # not splitlines(): form feeds and U+2028 are no line breaks here
+            # Not splitlines(): form feeds and U+2028 are no line breaks here. A leading BOM is no
+            # column: the parser does not see it either.
+            lines = source.removeprefix("\ufeff").split("\n")
             if 0 < self.pos.line <= len(lines):
                 line = lines[self.pos.line - 1]
         return SurgeryError(
@@ -69,3 +72,31 @@ def did_you_mean(word: str, choices) -> str | None:
     """A 'did you mean `x`?' hint for a misspelt keyword, or None."""
     close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
+
+
+# What an OSError means, in the words of the person who gave the path.
+_OS_REASONS = {
+    errno.ENOENT: "no such file or folder",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted (is it immutable? see `lsattr`)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.EEXIST: "something is already there",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def os_error(err: OSError, doing: str, path: str | Path | None = None) -> SurgeryError:
+    """An OSError as one user error: `{doing}: {reason}`, e.g. `cannot write out/a.md: permission denied`.
+
+    With the `path` that was being made, a file standing where a folder must be is named.
+    """
+    reason = _OS_REASONS.get(err.errno) or (err.strerror or str(err) or type(err).__name__).lower()
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and path is not None:
+        existing = next((p for p in (Path(path), *Path(path).parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            reason = f"{existing} is a file, not a folder"
+    return SurgeryError(f"{doing}: {reason}")

@@ -32,10 +32,11 @@ def digest_value(value) -> str:
 
 
 def canonical(value):
-    """`value` as plain JSON data: dataclasses become dicts without their `pos` fields, and
-    anything JSON has no type for (a function in a task config, say) its repr."""
+    """`value` as plain JSON data: dataclasses become dicts without their positions (the fields
+    left out of comparison), and anything JSON has no type for (a function in a task config,
+    say) its repr."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "pos"}
+        return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value) if f.compare}
     if isinstance(value, dict):
         return {str(k): canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

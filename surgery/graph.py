@@ -95,7 +95,7 @@ class LayerGraph:
         self._shapes = teacher_shapes
 
     # ------------------------------------------------------------------ structure
-    @property
+    @cached_property
     def patchable(self) -> tuple[int, ...]:
         """Student layers whose block has more than one teacher layer: the size steps."""
         return tuple(b.student for b in self.blocks if b.patchable)
@@ -202,9 +202,14 @@ class LayerGraph:
             raise SurgeryError(f"no student layer s{bad[0]}",
                                hint=f"the student has {self.n_student} layers (s0..s{self.n_student - 1})")
         path = self.path(patched)
-        nodes = self.nodes
-        layers = tuple(LayerRef(nodes[n]["side"], nodes[n]["index"]) for n in path[1:-1])
-        return Assembly(patched, layers, nodes[path[0]]["side"], nodes[path[-1]]["side"])
+        layers = tuple(self._refs[n] for n in path[1:-1])
+        return Assembly(patched, layers, self.nodes[path[0]]["side"], self.nodes[path[-1]]["side"])
+
+    @cached_property
+    def _refs(self) -> dict[str, LayerRef]:
+        """One LayerRef per layer node, shared by every assembly: a schedule holds a model per
+        step, each as deep as the teacher, so building them must be cheap."""
+        return {n: LayerRef(d["side"], d["index"]) for n, d in self.nodes.items() if d["kind"] == "layer"}
 
     def path(self, patched) -> list[str]:
         """The flow-graph path of the model patching `patched`: at every fork take the node whose

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from surgery.errors import Pos, SurgeryError
-from surgery.recipe.ast import KeepList, KeepRule, LayerMap, LayerSpec
+from surgery.recipe.ast import KeepList, KeepRule, LayerMap, LayerSpan, LayerSpec
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ def blocks(spec: LayerSpec, n_teacher: int) -> tuple[Block, ...]:
     elif isinstance(spec, KeepList):
         kept, positions = [], []
         for span in spec.spans:
+            _check_span(span, n_teacher)
             for layer in span.layers():
                 kept.append(layer)
                 positions.append(span.pos)
@@ -93,6 +94,16 @@ def blocks(spec: LayerSpec, n_teacher: int) -> tuple[Block, ...]:
         raise TypeError(spec)
     _check_depth(result, n_teacher, spec.pos)
     return result
+
+
+def _check_span(span: LayerSpan, n_teacher: int) -> None:
+    """The first layer of `span` past the teacher's, found without listing the span (`0..10**12`)."""
+    if span.stop < n_teacher:
+        return
+    first_out = span.start if span.start >= n_teacher else \
+        span.start + -(-(n_teacher - span.start) // span.step) * span.step
+    if first_out <= span.stop:
+        raise SurgeryError(f"layer {first_out} is out of range", pos=span.pos, hint=_range_hint(n_teacher))
 
 
 def _blocks_from_kept(kept: tuple[int, ...], positions: list, n_teacher: int, pos: Pos | None) -> tuple[Block, ...]:
@@ -124,10 +135,10 @@ def _blocks_from_map(spec: LayerMap, n_teacher: int) -> tuple[Block, ...]:
                                hint="list student layers 0, 1, 2, ... in order")
         if entry.block.step != 1:
             raise SurgeryError("a block is a contiguous range; `step` does not apply in `map`", pos=entry.block.pos)
-        layers = entry.block.layers()
-        if layers[-1] >= n_teacher:
-            raise SurgeryError(f"layer {layers[-1]} is out of range", pos=entry.block.pos,
+        if entry.block.stop >= n_teacher:
+            raise SurgeryError(f"layer {entry.block.stop} is out of range", pos=entry.block.pos,
                                hint=_range_hint(n_teacher))
+        layers = entry.block.layers()
         if layers[0] < expected_teacher:
             raise SurgeryError(f"block {entry.block.start}..{entry.block.stop} overlaps the block before it",
                                pos=entry.block.pos, hint=f"this block should start at layer {expected_teacher}")

@@ -35,21 +35,52 @@ class ModelSource:
 
 def read_config(path: Path, where: str, pos: Pos | None = None, file: Path | None = None) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SurgeryError(f"{where}: no config.json in {path.parent}", file=file, pos=pos,
                            hint="point at a Hugging Face model directory") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SurgeryError(f"{where}: cannot read {path}: {err}", file=file, pos=pos) from None
+    return _json_object(value, path, where, file, pos)
+
+
+def _json_object(value, path, where: str, file, pos) -> dict:
+    """A config is a JSON object; a list, string or number there is a broken file, said so."""
+    if not isinstance(value, dict):
+        raise SurgeryError(f"{where}: {path} holds a JSON {_JSON_KIND.get(type(value), type(value).__name__)}, "
+                           "not an object", file=file, pos=pos,
+                           hint="a config.json is one JSON object like {\"model_type\": ...}")
+    if not isinstance(value.get("model_type", ""), str):
+        raise SurgeryError(f"{where}: {path} has a `model_type` that is not a string", file=file, pos=pos)
+    return value
+
+
+_JSON_KIND = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def expand_user(path: str | Path) -> Path:
+    """`path` with `~` and `~user` expanded; a user that does not exist is a user error."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib's way of saying it found no home directory for that user
+        head = str(path).split("/", 1)[0]
+        raise SurgeryError(f"cannot expand `{head}` in `{path}`: there is no such user",
+                           hint="write the path without `~`, or as `~/...` for your own home") from None
 
 
 def resolve(spec: str, *, base: Path, revision: str | None = None, file: Path | None = None,
             pos: Pos | None = None, where: str = "teacher") -> ModelSource:
     """Locate `spec` (a directory or hub id) and read its config.json."""
-    local = Path(spec).expanduser()
+    try:
+        local = expand_user(spec)
+    except SurgeryError as err:
+        raise SurgeryError(err.message, file=file, pos=pos, hint=err.hint) from None
     local = local if local.is_absolute() else base / local
     if local.is_dir():
         return ModelSource(spec, read_config(local / "config.json", where, pos, file), "local", local.resolve())
+    if local.exists():
+        raise SurgeryError(f"{where} path {local} is a file, not a model directory", file=file, pos=pos,
+                           hint="point at the directory that holds config.json and the *.safetensors files")
     if not HUB_ID.fullmatch(spec):
         raise SurgeryError(f"{where} directory not found: {local}", file=file, pos=pos,
                            hint="give an existing model directory or a hub id like `Qwen/Qwen3-4B-Base`")
@@ -99,11 +130,13 @@ def _from_hub(repo_id: str, revision: str | None, where: str, file, pos) -> dict
     from huggingface_hub import hf_hub_download
 
     try:
-        return json.loads(Path(hf_hub_download(repo_id, "config.json", revision=revision)).read_text())
+        path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+        value = json.loads(path.read_text())
     except Exception as err:  # the hub client raises many kinds; all mean "could not fetch"
         raise SurgeryError(f"cannot fetch the config of {where} `{repo_id}`: {type(err).__name__}",
                            file=file, pos=pos,
                            hint="check the hub id and the network, or point the recipe at a local directory") from None
+    return _json_object(value, path, where, file, pos)
 
 
 def weights_dir(source: ModelSource, where: str = "teacher") -> Path:

@@ -171,7 +171,8 @@ def test_cli_needs_the_student(tmp_path, teachers, corpus):
 
 def test_a_diverging_run_stops_keeps_the_last_good_checkpoint_and_the_hint_fixes_it(tmp_path, teachers, corpus,
                                                                                    capsys):
-    body = BODY.replace("every 2 steps", "every 1 steps")
+    # No weight decay: lr x weight_decay >= 1 is refused, and lr goes to 1e30 below.
+    body = BODY.replace("every 2 steps", "every 1 steps").replace("lr 1e-3", "lr 1e-3 weight_decay 0")
     recipe, compiled = _setup(tmp_path, teachers("qwen3"), corpus, body)
     root = checkpoint.directory(compiled.student_dir)
     assert main(["distill", str(recipe), "--no-progress", "--stop-after", "2"]) == 0

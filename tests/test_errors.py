@@ -36,7 +36,7 @@ CASES = [
     ("stray character", HEAD + S + "    keep 0, 2, 4 @\n}\n", 6, 18, "unexpected `@`", None),
     ("statement cut short", 'boom 1\nteacher "t" {\n    dtype\n}\n', 3, 10, "unexpected end of line",
      "settings take their values on the same line"),
-    ("wrong unit", DISTILL + "    tokens 1GB\n}\n", 10, 12, "tokens takes a count", None),
+    ("wrong unit", DISTILL + "    tokens 1GB\n}\n", 10, 13, "tokens takes a count", None),
     ("missing version", 'teacher "t" {\n}\n', 1, 1, "unexpected `teacher`", "a recipe starts with `boom 1`"),
     ("unsupported version", 'boom 2\nteacher "t" {\n}\n', 1, 6, "unsupported recipe version `boom 2`", "boom 1"),
     # -- duplicates and missing pieces

@@ -184,6 +184,7 @@ def test_emit_needs_an_emit_block(tmp_path, teachers):
 
 
 def test_building_without_conversion_imports_neither_torch_nor_transformers(recipe, tmp_path):
+    """The teacher check reads its expected shapes from the registry, so a byte-copy build stays torch-free."""
     code = ("import sys; from surgery.cli import main; "
             f"assert main(['build', {str(recipe)!r}, '--patch', '1,2', '--out', {str(tmp_path / 'o')!r}]) == 0; "
             "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")

@@ -66,11 +66,11 @@ def additive(weights):
 
 
 def test_measured_orders_pick_the_best_model_that_fits_a_params_target(tmp_path):
-    base = recipe(tmp_path, tied=True, patch="order optimal\nsizes all\ncalibration text \"c/*.txt\"")
+    base = recipe(tmp_path, tied=True, patch="order optimal\nsizes all\ncalibration text \"c/*.txt\" seq 64")
     target = params(base, {1})  # s1 alone keeps both ends on the student: still tied
     unconstrained = frozenset({1, 2, 3})  # the best 1-step model below; its head is the teacher's
     assert params(base, unconstrained) > target
-    patch = f"sizes params {target}\ncalibration text \"c/*.txt\""
+    patch = f"sizes params {target}\ncalibration text \"c/*.txt\" seq 64"
     measure = additive([1.0, 5.0, 0.5, 0.2])
 
     opt = recipe(tmp_path, tied=True, patch="order optimal\n" + patch)
@@ -93,7 +93,8 @@ def test_measured_orders_pick_the_best_model_that_fits_a_params_target(tmp_path)
 def test_layers_target_with_uneven_blocks(tmp_path):
     # blocks [0,1] [2] [3,4,5]: patching s0 adds one layer, patching s2 adds two.
     keep = "map { 0 <- 0..1\n 1 <- 2\n 2 <- 3..5 }"
-    c = recipe(tmp_path, tied=False, keep=keep, patch="order optimal\nsizes layers 4\ncalibration text \"c/*.txt\"")
+    c = recipe(tmp_path, tied=False, keep=keep,
+               patch="order optimal\nsizes layers 4\ncalibration text \"c/*.txt\" seq 64")
     assert [s.k for s in c.steps] == [1]  # the last patchable block alone would give 5 layers
     (chosen,) = plan(c, additive([1.0, 0.1, 3.0]), compare=()).steps
     assert chosen.depth == 4 and 0 in chosen.patched and 2 not in chosen.patched
@@ -104,5 +105,5 @@ def test_layers_target_with_uneven_blocks(tmp_path):
 
 def test_a_target_smaller_than_the_student_is_a_located_error(tmp_path):
     with pytest.raises(SurgeryError, match="no model fits") as err:
-        recipe(tmp_path, tied=True, patch="order optimal\nsizes params 1K\ncalibration text \"c/*.txt\"")
+        recipe(tmp_path, tied=True, patch="order optimal\nsizes params 1K\ncalibration text \"c/*.txt\" seq 64")
     assert err.value.pos is not None and err.value.file is not None

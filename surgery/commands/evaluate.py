@@ -20,6 +20,7 @@ def run(args) -> int:
     from surgery.stages import Context, evaluate, report
 
     ctx = Context(compile_file(args.recipe), device=args.device)
+    evaluate.require_block(ctx)
     if not args.models:
         done = ctx.fresh(evaluate.directory(ctx), evaluate.NAME, evaluate.inputs(ctx))
         if done is not None and evaluate.intact(ctx, done):

@@ -43,7 +43,12 @@ def run(args) -> int:
             sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
                                                        f"{name} (now)", f"{name} (formatted)"))
         else:
-            write_atomic(name, formatted)
+            try:
+                write_atomic(name, formatted)
+            except SurgeryError as err:
+                print(err, file=sys.stderr)
+                failed += 1
+                continue
             print(f"reformatted {name}", file=sys.stderr)
     return 1 if failed or (args.check and unformatted) else 0
 

@@ -25,6 +25,7 @@ from surgery.distill import checkpoint, data, losses, models, parallel
 from surgery.distill import plan as planning
 from surgery.distill.progress import Reporter
 from surgery.errors import SurgeryError
+from surgery.materialize.teacher import teacher_weights
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -289,7 +290,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     if _already_distilled(student_dir, print if world.main else (lambda *_: None), mark):
         return student_dir
     torch.manual_seed(d.seed)
-    teacher_dir = source.weights_dir(compiled.teacher)
+    teacher_dir = teacher_weights(compiled).directory  # every tensor checked before training starts
     trust = recipe.teacher.trust_remote_code
     corpus = data.Corpus(recipe, data.load_tokenizer(teacher_dir, compiled.teacher.config, trust))
     validation = corpus.validation(plan.validation_rows(d.validation.fraction if d.validation.text is None else None))

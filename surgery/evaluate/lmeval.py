@@ -85,12 +85,15 @@ def run_tasks(directory: Path, tasks: Tasks, names, *, limit: int | None, device
     from lm_eval.models.huggingface import HFLM
 
     from surgery import devices
+    from surgery.hf import require_safetensors
 
+    require_safetensors(directory)
     device = devices.resolve(device)
     on_cpu = device == "cpu"
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    # use_safetensors reaches from_pretrained: never a pickle file, even one that sits beside the safetensors.
     lm = HFLM(pretrained=str(directory), device=device, dtype="float32" if on_cpu else "auto",
-              batch_size=16 if on_cpu else "auto", trust_remote_code=trust_remote_code)
+              batch_size=16 if on_cpu else "auto", trust_remote_code=trust_remote_code, use_safetensors=True)
     out = simple_evaluate(model=lm, tasks=list(names), task_manager=tasks.manager, limit=limit,
                           log_samples=False)
     results = {}

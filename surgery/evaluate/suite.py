@@ -13,6 +13,7 @@ from pathlib import Path
 from surgery.errors import SurgeryError
 from surgery.evaluate.cache import ResultCache
 from surgery.fingerprint import Digests
+from surgery.hf import require_safetensors
 from surgery.recipe.ast import Evaluate, Recipe
 
 
@@ -96,6 +97,7 @@ class Evaluator:
     def score(self, directory: Path) -> Scores:
         """The recipe's metrics for the model in `directory`, computing only what is not cached."""
         directory = Path(directory)
+        require_safetensors(directory)  # before the cache too: a pickled model is never scored
         model = self.digests.model_dir(directory)
         perplexity = tokens = None
         if self.block.perplexity is not None:

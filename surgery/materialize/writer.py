@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from surgery import artifact, durable, outputs
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, os_error
 from surgery.graph import STUDENT, TEACHER, Assembly, node
 from surgery.materialize.config import rewrite
 from surgery.materialize.plan import Plan, plan
 from surgery.materialize.safetensors_io import (FLOATS, INDEX_NAME, RECIPE_DTYPE, OutTensor, TensorIndex,
                                                 fingerprint, output_dtype, write_shards)
-from surgery.source import weights_dir
+from surgery.materialize.teacher import teacher_weights
 
 DEFAULT_SHARD = 5 * 10**9
 STUDENT_CONFIG = "student_config.json"
@@ -64,7 +64,7 @@ def write_model(compiled, assembly: Assembly, out_dir, *, student_dir=None, dtyp
     dtype = dtype or compiled.emit_dtype
     if dtype not in RECIPE_DTYPE:
         raise SurgeryError(f"unknown dtype `{dtype}`", hint=f"use one of {', '.join(RECIPE_DTYPE)}")
-    teacher = TensorIndex(weights_dir(compiled.teacher))
+    teacher = teacher_weights(compiled)
     inputs = {TEACHER: teacher}
     if STUDENT in {r.side for r in assembly.layers} | {assembly.embeddings, assembly.final}:
         inputs[STUDENT] = _student_index(Path(student_dir) if student_dir else compiled.student_dir)
@@ -82,7 +82,7 @@ def init_student(compiled, *, force: bool = False) -> Path:
     """
     graph = compiled.graph
     recipe = compiled.recipe
-    teacher = TensorIndex(weights_dir(compiled.teacher))
+    teacher = teacher_weights(compiled)
     if recipe.student.init == "random":
         seed = recipe.distill.seed if recipe.distill else 0
         init = {"init": "random", "seed": seed}
@@ -160,8 +160,7 @@ def _run(job: _Job, force: bool) -> Path:
             raise SurgeryError(f"{out} already exists and differs from what this build writes",
                                hint="pass --force to replace it")
         outputs.check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = durable.temp_dir(out)
+    tmp = _temp_beside(out)
     try:
         scratch = durable.temp_dir(out, "scratch")
         try:
@@ -178,6 +177,15 @@ def _run(job: _Job, force: bool) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _temp_beside(out: Path) -> Path:
+    """A new temporary directory next to `out`, its parents made; where that fails, the reason."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return durable.temp_dir(out)
+    except OSError as err:
+        raise os_error(err, f"cannot write {out}", out.parent) from None
 
 
 def _write(job: _Job, the_plan: Plan, config: dict, tmp: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from surgery import devices
 from surgery.compile import Compiled
 from surgery.errors import SurgeryError
+from surgery.materialize.teacher import teacher_weights
 
 
 @dataclass
@@ -57,7 +58,8 @@ def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> 
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     remote = recipe.teacher.trust_remote_code
     models = {what: load_causal_lm(directory, dtype=torch_dtype, device=device, what=what, trust_remote_code=remote)
-              for what, directory in (("teacher", compiled.teacher.directory), ("student", compiled.student_dir))}
+              for what, directory in (("teacher", teacher_weights(compiled).directory),
+                                      ("student", compiled.student_dir))}
     depth = graph.arch.depth_of(models["student"].config.to_dict())
     if depth != graph.n_student:
         raise SurgeryError(f"the student in {compiled.student_dir} has {depth} layers; the recipe's student has "

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 from surgery.errors import Pos
+from surgery.source import expand_user
 
 Dtype = Literal["bf16", "fp16", "fp32"]
 
@@ -152,6 +153,8 @@ class Distill:
     compile: bool | Literal["step"] = False  # "step": whole models and the loss, no waits (docs/distill.md)
     activation_checkpointing: bool = False
     pos: Pos | None = dataclasses.field(default=None, compare=False)
+    # Where each setting was written (`seq` -> its line), for errors found once the teacher is known.
+    setting_pos: Mapping[str, Pos] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 OrderName = Literal["last_to_first", "first_to_last", "klpatch", "optimal"]
@@ -226,5 +229,5 @@ class Recipe:
 
     def resolve(self, p: str) -> Path:
         """A path written in the recipe, made absolute against the recipe's directory."""
-        path = Path(p).expanduser()
+        path = expand_user(p)
         return path if path.is_absolute() else (self.path.parent / path).resolve()

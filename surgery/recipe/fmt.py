@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from surgery.recipe.parse import lex
+from surgery.recipe.parse import BOM, lex
 
 INDENT = "    "
 _NO_SPACE_BEFORE = {",", "]", ".."}
@@ -39,7 +39,11 @@ class _Line:
 
 
 def format_text(text: str, path: str | Path = "<recipe>") -> str:
-    """`text` in canonical layout. Raises a located SurgeryError if it is not valid syntax."""
+    """`text` in canonical layout. Raises a located SurgeryError if it is not valid syntax.
+
+    A leading BOM is dropped: the canonical file is plain UTF-8.
+    """
+    text = text.removeprefix(BOM)
     return _render(_lines(text, lex(text, path)))
 
 

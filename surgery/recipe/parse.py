@@ -7,8 +7,10 @@ from the keywords lark would have accepted at that point.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,11 +19,20 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from surgery.errors import Pos, SurgeryError, did_you_mean
 from surgery.recipe import ast
-from surgery.recipe.units import parse_number
+from surgery.recipe.units import BYTES, COUNT, parse_number
+from surgery.source import expand_user
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "boom.lark"
 
 SUPPORTED_VERSIONS = (1,)
+
+# Far beyond any real recipe (the paper's are under 2,000 characters), and parsed in about
+# two seconds: a bigger file is refused before parsing rather than parsed for minutes.
+MAX_RECIPE_CHARS = 100_000
+# Whole numbers are at most 2^53, the largest a float holds exactly (units make every number a float).
+MAX_WHOLE = 2**53
+MAX_SEED = 2**32 - 1  # numpy's and most tools' seed range
+BOM = "\ufeff"
 
 
 @lru_cache(maxsize=1)
@@ -107,6 +118,11 @@ def _syntax_error(err: UnexpectedInput, text: str) -> SurgeryError:
             hint="is a `}` missing?" if "}" in words else _START_HINT if "boom" in words else None,
         )
     index = err.pos_in_stream if isinstance(err, UnexpectedCharacters) else err.token.start_pos
+    if index is not None and 0 <= index < len(text) and _is_unusual(text[index]):
+        return _unusual_character(text[index], pos)
+    unit = _unknown_unit(text, index, err.line)
+    if unit is not None:
+        return unit
     if index is not None and 0 < index < len(text) and _is_word(text[index - 1]) and _is_word(text[index]):
         # A keyword matched a prefix of a longer word (`cee` lexed as `ce` + `e`): report the word.
         start = index
@@ -137,9 +153,66 @@ def _syntax_error(err: UnexpectedInput, text: str) -> SurgeryError:
     return SurgeryError(f"unexpected {got}; expected {expected}", pos=pos, hint=hint)
 
 
+def _is_unusual(ch: str) -> bool:
+    """A character that is not printable ASCII: invisible ones especially must be named, not shown."""
+    return not (" " <= ch <= "~" or ch in "\t\n")
+
+
+_QUOTES = "\u201c\u201d\u201e\u2033"
+
+
+def _unusual_character(ch: str, pos: Pos | None) -> SurgeryError:
+    """`unexpected character U+00A0 (NO-BREAK SPACE)`: by code point, since it may not show."""
+    name = unicodedata.name(ch, "")
+    if unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc", "Cf", "Cn", "Co", "Mn", "Me"):
+        return SurgeryError(f"unexpected invisible character U+{ord(ch):04X}" + (f" ({name})" if name else ""),
+                            pos=pos, hint="delete it, or type a plain space if one belongs there")
+    hint = 'strings take straight quotes: "..."' if ch in _QUOTES else \
+        "recipes are written in plain ASCII outside strings"
+    return SurgeryError(f"unexpected `{ch}` (U+{ord(ch):04X}" + (f" {name})" if name else ")"), pos=pos, hint=hint)
+
+
+_UNITS = [*COUNT, *BYTES, "%"]
+_GLUED_NUMBER = re.compile(r"[0-9]+(?:[eE][+-]?[0-9]+)?")
+
+
+def _unknown_unit(text: str, index: int | None, line: int) -> SurgeryError | None:
+    """`2.1Q`: the lexer read `2.1` as a number, so what is glued to it is a unit it does not know."""
+    if index is None or not 0 < index < len(text) or not _is_word(text[index]) or not _is_word(text[index - 1]):
+        return None
+    start = index
+    while start and _is_word(text[start - 1]):
+        start -= 1
+    word = re.match(r"\w+", text[start:]).group(0)
+    number = _GLUED_NUMBER.match(word)
+    if number is None or number.end() == len(word):
+        return None
+    unit_at = start + number.end()
+    unit = word[number.end():]
+    hint = "units are K, M, B, T (counts), KB, MB, GB, TB (bytes) and % (fractions)"
+    if unit.upper() in _UNITS:
+        hint = f"units are upper case: `{unit.upper()}`"
+    elif unit.isalpha() and len(unit) > 2:
+        hint += "; put a space between a number and the word after it"
+    return SurgeryError(f"unknown unit `{unit}`", pos=Pos(line, unit_at - (text.rfind("\n", 0, unit_at) + 1) + 1),
+                        hint=hint)
+
+
+def _prepared(text: str, path: Path) -> str:
+    """The text the parser reads: without a leading BOM (Python accepts one too), and not too long."""
+    text = text.removeprefix(BOM)
+    if len(text) > MAX_RECIPE_CHARS:
+        raise SurgeryError(f"the recipe is {len(text):,} characters long; surgery reads recipes of at most "
+                           f"{MAX_RECIPE_CHARS:,}", file=path,
+                           hint="write long layer lists as ranges (`2..34 step 2`) or as a `keep first ... every "
+                                "... last ...` rule")
+    return text
+
+
 def parse(text: str, path: str | Path = "<recipe>") -> ast.Recipe:
     """Parse recipe text. Raises SurgeryError, located in `path`."""
     path = Path(path)
+    text = _prepared(text, path)
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as err:
@@ -160,6 +233,7 @@ def lex(text: str, path: str | Path = "<recipe>") -> list[Token]:
     Spaces and comments are not tokens; newlines and `;` are. Meaning is not checked, so a
     recipe with, say, a duplicate setting still lexes (the formatter relies on this).
     """
+    text = _prepared(text, Path(path))
     try:
         _parser().parse(text)  # first, so that syntax errors read exactly as `parse` gives them
     except UnexpectedInput as err:
@@ -194,20 +268,39 @@ def _string(tok: Token) -> str:
     return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
 
 
+def _path(tok: Token) -> str:
+    """A path string, as written; a `~user` in it must name a user (checked here, where the line is known)."""
+    value = _string(tok)
+    try:
+        expand_user(value)
+    except SurgeryError as err:
+        raise SurgeryError(err.message, pos=_pos(tok), hint=err.hint) from None
+    return value
+
+
 def _int(tok: Token, what: str, minimum: int = 0) -> int:
     value = parse_number(str(tok), allow=("count",), pos=_pos(tok), what=what)
     if value != int(value):
         raise SurgeryError(f"{what} must be a whole number, got {tok}", pos=_pos(tok))
     if value < minimum:
         raise SurgeryError(f"{what} must be at least {minimum}, got {tok}", pos=_pos(tok))
-    return int(value)
+    return _at_most(int(value), MAX_WHOLE, tok, what)
 
 
-def _plain_int(tok: Token, what: str) -> int:
-    """A layer index or count written without units."""
-    if not re.fullmatch(r"[0-9]+", str(tok)):
+def _plain_int(tok: Token, what: str, text: str | None = None, maximum: int = MAX_WHOLE) -> int:
+    """A layer index or count written without units (`text`: the digits, when `tok` holds more)."""
+    digits = str(tok) if text is None else text
+    if not re.fullmatch(r"[0-9]+", digits):
         raise SurgeryError(f"{what} must be a plain whole number, got `{tok}`", pos=_pos(tok))
-    return int(str(tok))
+    # Compared as text first: int() refuses strings of more than 4,300 digits.
+    return _at_most(int(digits) if len(digits) <= 20 else maximum + 1, maximum, tok, what)
+
+
+def _at_most(value: int, maximum: int, tok: Token, what: str) -> int:
+    if value > maximum:
+        shown = "2^53" if maximum == MAX_WHOLE else f"{maximum:,}"
+        raise SurgeryError(f"{what} `{tok}` is too large; the largest is {shown}", pos=_pos(tok))
+    return value
 
 
 def _float(tok: Token, what: str, allow=("plain",)) -> float:
@@ -297,7 +390,7 @@ class _Build(Transformer):
         src, *rest = items
         s = _collect("teacher", rest)
         return ast.Teacher(
-            source=_string(src),
+            source=_path(src),
             dtype=_one(s, "dtype", "bf16"),
             revision=_one(s, "revision"),
             trust_remote_code=_one(s, "trust_remote_code", False),
@@ -325,7 +418,7 @@ class _Build(Transformer):
             later = max(layer_specs, key=lambda x: (x.pos.line, x.pos.col))
             raise SurgeryError("give the student's layers once: `keep` or `map`, not both", pos=later.pos)
         return ast.Student(
-            path=_string(path), layers=layer_specs[0].value, init=_one(s, "init", "teacher"), pos=_pos(meta)
+            path=_path(path), layers=layer_specs[0].value, init=_one(s, "init", "teacher"), pos=_pos(meta)
         )
 
     def layer_span(self, meta, items):
@@ -373,6 +466,9 @@ class _Build(Transformer):
         for i, kind in enumerate(kinds):
             if kind in kinds[:i]:
                 raise SurgeryError(f"duplicate `loss {kind}`", pos=s["loss"][i].pos)
+        if not any(loss.weight > 0 for loss in losses):
+            raise SurgeryError("every loss weight is 0, so distillation would learn nothing", pos=s["loss"][0].pos,
+                               hint="give at least one `loss` line a positive weight")
         batch = _one(s, "batch", 8)
         micro = _one(s, "micro_batch", 1)
         if batch % micro:
@@ -380,6 +476,7 @@ class _Build(Transformer):
                 f"batch {batch} is not a multiple of micro_batch {micro}",
                 pos=s["micro_batch"][0].pos if "micro_batch" in s else _pos(meta),
             )
+        _check_warmup(s, batch)
         return ast.Distill(
             data=tuple(x.value for x in s["data"]),
             validation=validation,
@@ -400,6 +497,7 @@ class _Build(Transformer):
             compile=_one(s, "compile", False),
             activation_checkpointing=_one(s, "activation_checkpointing", False),
             pos=_pos(meta),
+            setting_pos={name: found[0].pos for name, found in s.items()},
         )
 
     def source(self, meta, items):
@@ -412,7 +510,7 @@ class _Build(Transformer):
                     raise SurgeryError(f"`{name}` applies to `data hf`, not `data {kind}`", pos=seen[name][0].pos)
         if kind == "text" and "field" in fields:
             raise SurgeryError("`field` applies to `data jsonl` and `data hf`", pos=seen["field"][0].pos)
-        return ast.DataSource(str(kind), _string(path), pos=_pos(meta), **fields)
+        return ast.DataSource(str(kind), _path(path), pos=_pos(meta), **fields)
 
     def field(self, meta, items):
         return _Setting("field", _string(items[0]), _pos(meta))
@@ -440,7 +538,7 @@ class _Build(Transformer):
         return _Setting("validation", ast.Validation(fraction=frac, pos=_pos(meta)), _pos(meta))
 
     def validation_text(self, meta, items):
-        return _Setting("validation", ast.Validation(text=_string(items[0]), pos=_pos(meta)), _pos(meta))
+        return _Setting("validation", ast.Validation(text=_path(items[0]), pos=_pos(meta)), _pos(meta))
 
     def seq(self, meta, items):
         return _Setting("seq", _int(items[0], "seq", 2), _pos(meta))
@@ -464,7 +562,14 @@ class _Build(Transformer):
         name, *args = items
         seen = _collect("optimizer", args)
         fields = {k: v[0].value for k, v in seen.items()}
-        return _Setting("optimizer", ast.Optimizer(name=str(name), pos=_pos(meta), **fields), _pos(meta))
+        optimizer = ast.Optimizer(name=str(name), pos=_pos(meta), **fields)
+        if optimizer.lr * optimizer.weight_decay >= 1:
+            # AdamW shrinks each weight by lr * weight_decay per step: at 1 or more it flips its sign.
+            where = seen["weight_decay"][0].pos if "weight_decay" in seen else seen["lr"][0].pos
+            raise SurgeryError(f"lr {optimizer.lr:g} times weight_decay {optimizer.weight_decay:g} is at least 1, "
+                               "so weight decay would overshoot zero at every step", pos=where,
+                               hint="typical values are lr 3e-4 and weight_decay 0.1")
+        return _Setting("optimizer", optimizer, _pos(meta))
 
     def lr(self, meta, items):
         return _Setting("lr", _positive(items[0], "lr"), _pos(meta))
@@ -480,7 +585,7 @@ class _Build(Transformer):
         return _Setting("weight_decay", _float(items[0], "weight_decay"), _pos(meta))
 
     def clip(self, meta, items):
-        return _Setting("clip", _float(items[0], "clip"), _pos(meta))
+        return _Setting("clip", _positive(items[0], "clip"), _pos(meta))
 
     def eps(self, meta, items):
         return _Setting("eps", _positive(items[0], "eps"), _pos(meta))
@@ -488,9 +593,17 @@ class _Build(Transformer):
     def schedule(self, meta, items):
         warmup = 0.01
         if len(items) > 1:
-            warmup = _float(items[1], "warmup", allow=("fraction", "count"))
-            if warmup < 0:
-                raise SurgeryError("warmup cannot be negative", pos=_pos(items[1]))
+            tok = items[1]
+            warmup = _float(tok, "warmup", allow=("fraction", "count"))
+            # Below 1 a warmup is a fraction of the run, from 1 on a step count; so a percentage
+            # must stay below 100% (`100%` would read as one step).
+            if str(tok).endswith("%") and warmup >= 1:
+                raise SurgeryError(f"warmup {tok} is not below 100%", pos=_pos(tok),
+                                   hint="warm up for part of the run, e.g. `warmup 1%`, or give a step count")
+            if warmup >= 1 and warmup != int(warmup):
+                raise SurgeryError(f"warmup {tok} is a step count (1 or more), so it must be whole", pos=_pos(tok),
+                                   hint="a fraction of the run is below 1, e.g. `warmup 0.01` or `warmup 1%`")
+            warmup = float(_at_most(int(warmup), MAX_WHOLE, tok, "warmup")) if warmup >= 1 else warmup
         return _Setting("schedule", ast.Schedule(kind=str(items[0]), warmup=warmup, pos=_pos(meta)), _pos(meta))
 
     def loss(self, meta, items):
@@ -526,7 +639,7 @@ class _Build(Transformer):
         return _Setting("eval_every", _int(items[0], "eval interval", 1), _pos(meta))
 
     def seed(self, meta, items):
-        return _Setting("seed", _plain_int(items[0], "seed"), _pos(meta))
+        return _Setting("seed", _plain_int(items[0], "seed", maximum=MAX_SEED), _pos(meta))
 
     def device(self, meta, items):
         return _Setting("device", str(items[0]), _pos(meta))
@@ -551,10 +664,12 @@ class _Build(Transformer):
         return _Setting("order", str(items[0]), _pos(meta))
 
     def order_list(self, meta, items):
-        layers = tuple(int(str(t)[1:]) for t in items)
-        for i, (tok, layer) in enumerate(zip(items, layers)):
-            if layer in layers[:i]:
+        layers = tuple(_plain_int(t, "a student layer", str(t)[1:]) for t in items)
+        seen = set()
+        for tok, layer in zip(items, layers):
+            if layer in seen:
                 raise SurgeryError(f"s{layer} appears twice in the order", pos=_pos(tok))
+            seen.add(layer)
         return _Setting("order", layers, _pos(meta))
 
     def number_list(self, meta, items):
@@ -581,7 +696,7 @@ class _Build(Transformer):
         text, *args = items
         seen = _collect("calibration", args)
         fields = {k: v[0].value for k, v in seen.items()}
-        return _Setting("calibration", ast.Calibration(_string(text), pos=_pos(meta), **fields), _pos(meta))
+        return _Setting("calibration", ast.Calibration(_path(text), pos=_pos(meta), **fields), _pos(meta))
 
     def samples(self, meta, items):
         return _Setting("samples", _int(items[0], "samples", 1), _pos(meta))
@@ -594,7 +709,7 @@ class _Build(Transformer):
         template, *rest = items
         s = _collect("emit", rest)
         return ast.Emit(
-            template=_string(template), dtype=_one(s, "dtype", "bf16"), shard=_one(s, "shard", 5 * 10**9),
+            template=_path(template), dtype=_one(s, "dtype", "bf16"), shard=_one(s, "shard", 5 * 10**9),
             pos=_pos(meta),
         )
 
@@ -621,7 +736,7 @@ class _Build(Transformer):
         text, *args = items
         seen = _collect("perplexity", args)
         fields = {k: v[0].value for k, v in seen.items()}
-        ppl = ast.Perplexity(_string(text), pos=_pos(meta), **fields)
+        ppl = ast.Perplexity(_path(text), pos=_pos(meta), **fields)
         if ppl.stride > ppl.seq:
             raise SurgeryError(f"stride {ppl.stride} is longer than seq {ppl.seq}", pos=_pos(meta),
                                hint="the window slides by `stride` tokens; keep stride <= seq")
@@ -635,13 +750,15 @@ class _Build(Transformer):
 
     def tasks(self, meta, items):
         names = tuple(str(t) for t in items)
-        for i, (tok, name) in enumerate(zip(items, names)):
-            if name in names[:i]:
+        seen = set()
+        for tok, name in zip(items, names):
+            if name in seen:
                 raise SurgeryError(f"task `{name}` is listed twice", pos=_pos(tok))
+            seen.add(name)
         return _Setting("tasks", names, _pos(meta))
 
     def tasks_path(self, meta, items):
-        return _Setting("tasks_path", _string(items[0]), _pos(meta))
+        return _Setting("tasks_path", _path(items[0]), _pos(meta))
 
     def limit(self, meta, items):
         return _Setting("limit", _int(items[0], "limit", 1), _pos(meta))
@@ -650,7 +767,21 @@ class _Build(Transformer):
         return _Setting("baseline", str(items[0]), _pos(meta))
 
     def report(self, meta, items):
-        return _Setting("report", _string(items[0]), _pos(meta))
+        return _Setting("report", _path(items[0]), _pos(meta))
+
+
+def _check_warmup(settings: dict[str, list[_Setting]], batch: int) -> None:
+    """A warmup step count must leave steps to train, when the run's length is known from the recipe."""
+    schedule = _one(settings, "schedule")
+    if schedule is None or schedule.warmup < 1:
+        return
+    steps = _one(settings, "steps")
+    tokens = _one(settings, "tokens")
+    if steps is None and tokens is not None:
+        steps = math.ceil(tokens / (batch * _one(settings, "seq", 2048)))
+    if steps is not None and schedule.warmup >= steps:
+        raise SurgeryError(f"warmup of {int(schedule.warmup)} steps is not shorter than the run's {steps} steps",
+                           pos=schedule.pos, hint="warm up for part of the run, e.g. `warmup 1%`")
 
 
 def _positive(tok: Token, what: str) -> float:

@@ -6,6 +6,7 @@ the way disk and model sizes are quoted. The allowed kinds depend on the setting
 
 from __future__ import annotations
 
+import math
 import re
 
 from surgery.errors import Pos, SurgeryError
@@ -24,25 +25,30 @@ _KIND_HELP = {
 
 
 def parse_number(text: str, *, allow: tuple[str, ...], pos: Pos | None = None, what: str = "value") -> float:
-    """The value of `text`, checked against the unit kinds in `allow`.
+    """The value of `text`, checked against the unit kinds in `allow`; always a finite number.
 
     A bare number is accepted by every kind (a plain byte count, a plain fraction).
     """
     m = _NUMBER.fullmatch(text)
     if not m:
         raise SurgeryError(f"`{text}` is not a number", pos=pos)
-    value = float(m.group("value"))
     unit = m.group("unit")
     if unit is None:
-        return value
-    if unit in COUNT and "count" in allow:
-        return value * COUNT[unit]
-    if unit in BYTES and "bytes" in allow:
-        return value * BYTES[unit]
-    if unit == "%" and "fraction" in allow:
-        return value / 100
-    wanted = " or ".join(_KIND_HELP[k] for k in allow)
-    raise SurgeryError(f"{what} takes {wanted}, not the unit `{unit}`", pos=pos)
+        value = float(m.group("value"))
+    elif unit in COUNT and "count" in allow:
+        value = float(m.group("value")) * COUNT[unit]
+    elif unit in BYTES and "bytes" in allow:
+        value = float(m.group("value")) * BYTES[unit]
+    elif unit == "%" and "fraction" in allow:
+        value = float(m.group("value")) / 100
+    else:
+        wanted = " or ".join(_KIND_HELP[k] for k in allow)
+        at = Pos(pos.line, pos.col + m.start("unit")) if pos is not None else None  # the caret under the unit
+        raise SurgeryError(f"{what} takes {wanted}, not the unit `{unit}`", pos=at)
+    if not math.isfinite(value):  # `1e999`: Python reads it as infinity
+        raise SurgeryError(f"{what} `{text}` is too large to be a number", pos=pos,
+                           hint="numbers must be finite, below about 1.8e308")
+    return value
 
 
 def format_count(n: float) -> str:

@@ -146,6 +146,9 @@ class Context:
         if not (d / "config.json").is_file():
             raise self.error(f"no student in {d}", pos=recipe.student.pos,
                              hint=f"run `surgery init-student {recipe.path}` first")
+        if not any(d.glob("*.safetensors")):
+            raise self.error(f"{d} has no *.safetensors weights", pos=recipe.student.pos,
+                             hint="an interrupted copy? rerun `surgery init-student` (and distill), or copy it again")
         path = d / STUDENT_CONFIG
         from surgery.source import read_config
 

@@ -35,7 +35,9 @@ def inputs(ctx: Context, steps: tuple[Step, ...] | None = None) -> dict:
 def build(ctx: Context, assembly: Assembly, out: Path, *, force: bool = False) -> Path:
     """Write one model; the student is checked first when the model takes any of its layers."""
     from surgery.materialize import write_model
+    from surgery.materialize.teacher import teacher_weights
 
+    teacher_weights(ctx.compiled)  # the teacher's files first: every model reads them
     if uses_student(assembly):
         ctx.student()
     return write_model(ctx.compiled, assembly, out, force=force)
@@ -47,8 +49,10 @@ def run(ctx: Context, *, force: bool = False):
     if ctx.recipe.emit is None:
         raise ctx.error("the recipe has no `emit` block", hint='add e.g. `emit "runs/models/{layers}L" { dtype bf16 }`')
     from surgery.materialize import emit
+    from surgery.materialize.teacher import teacher_weights
 
     steps = planning.steps(ctx)
+    teacher_weights(ctx.compiled)  # the teacher's files first: every model reads them
     if any(uses_student(s.assembly) for s in steps):
         ctx.student()
     made = emit(dataclasses.replace(ctx.compiled, steps=steps), force=force)
