@@ -5,6 +5,8 @@ place. Replacing an existing one takes two renames (old aside, new in); `recover
 swap if a crash fell between them, and `clean` also removes what a killed run left beside the
 target: `.NAME.XXXXXXXX.tmp` and `.NAME.XXXXXXXX.scratch` directories (the names `temp_dir`
 gives) and `.NAME.old`. Nothing of another name is touched. One run writes one target at a time.
+
+`write_atomic` does the same for one file (a manifest, a report, a command's output).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
+
+from surgery.errors import SurgeryError, os_error
 
 # tempfile's alphabet and length, so leftovers of versions that used tempfile match too.
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_"
@@ -92,3 +97,40 @@ def _sync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------- single files
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same directory and a rename.
+
+    An existing file keeps its permissions. A path that cannot be written (no such folder, a
+    folder in the way, no permission, a full disk) is a SurgeryError naming it and the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise SurgeryError(f"cannot write {path}: it is a folder", hint=f"give a file name, e.g. {path / 'out'}")
+    if not path.parent.is_dir():
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise SurgeryError(f"cannot write {path}: {path.parent} {what}", hint="write into an existing folder")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise os_error(err, f"cannot write {path}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        os.unlink(tmp)
+        raise os_error(err, f"cannot write {path}") from None
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

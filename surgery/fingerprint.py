@@ -99,7 +99,7 @@ class Digests:
     def save(self) -> None:
         if self.memo_path is None or not self._dirty:
             return
-        from surgery.commands._output import write_atomic
+        from surgery.durable import write_atomic
 
         self.memo_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.memo_path, json.dumps(self._memo))

@@ -26,7 +26,7 @@ from typing import Callable
 import yaml
 
 from surgery import __version__
-from surgery.commands._output import write_atomic
+from surgery.durable import write_atomic
 from surgery.compile import Compiled
 from surgery.errors import SurgeryError
 from surgery.fingerprint import canonical, digest_bytes, digest_value

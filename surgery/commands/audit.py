@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from surgery.audit import BINARY_FORMATS, render
     from surgery.compile import compile_file
-    from surgery.commands._output import write_atomic
+    from surgery.durable import write_atomic
 
     if args.format in BINARY_FORMATS and not args.output:
         print(f"surgery audit: error: --format {args.format} needs --output FILE", file=sys.stderr)

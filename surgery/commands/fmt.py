@@ -18,7 +18,7 @@ def run(args) -> int:
     import difflib
     from pathlib import Path
 
-    from surgery.commands._output import write_atomic
+    from surgery.durable import write_atomic
     from surgery.errors import SurgeryError
     from surgery.recipe.fmt import format_text
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from surgery.commands._output import write_atomic
+from surgery.durable import write_atomic
 from surgery.fingerprint import canonical, digest_value
 
 

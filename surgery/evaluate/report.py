@@ -21,7 +21,7 @@ import io
 import json
 from pathlib import Path
 
-from surgery.commands._output import write_atomic
+from surgery.durable import write_atomic
 from surgery.evaluate.lmeval import primary_metric
 from surgery.recipe.units import format_bytes, format_count
 

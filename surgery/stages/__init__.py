@@ -24,7 +24,7 @@ from surgery.compile import Compiled
 from surgery.errors import Pos, SurgeryError
 from surgery.fingerprint import Digests, canonical, digest_bytes, digest_value
 from surgery.materialize.writer import STUDENT_CONFIG
-from surgery.commands._output import write_atomic  # moves beside the durable swap
+from surgery.durable import write_atomic
 
 
 def run_dir(compiled: Compiled) -> Path:

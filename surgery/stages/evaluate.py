@@ -99,7 +99,7 @@ def run(ctx: Context, *, log=lambda event: None):
     record = evaluation_record(ctx.compiled, entries, scores, scorer)
     out = directory(ctx)
     out.mkdir(parents=True, exist_ok=True)
-    from surgery.commands._output import write_atomic
+    from surgery.durable import write_atomic
 
     write_atomic(out / EVALUATION, json.dumps(record, indent=1) + "\n")
     return ctx.write_artifact(out, NAME, inputs(ctx), evaluation=ctx.digests.file(out / EVALUATION))

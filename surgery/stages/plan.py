@@ -54,7 +54,7 @@ def run(ctx: Context, *, compare=(), out: Path | None = None):
     if loaded is not None:
         info["passes"] = round(loaded.measurer.passes, 2)
     directory_ = Path(out) if out is not None else directory(ctx)
-    from surgery.commands._output import write_atomic
+    from surgery.durable import write_atomic
 
     directory_.mkdir(parents=True, exist_ok=True)
     write_atomic(directory_ / SCHEDULE, json.dumps(result.to_json(), indent=1) + "\n")
