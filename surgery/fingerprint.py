@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import struct
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -108,3 +110,31 @@ class Digests:
 
 def _matching(directory: Path, patterns) -> set[Path]:
     return {p for pattern in patterns for p in Path(directory).glob(pattern) if p.is_file()}
+
+
+SAMPLE_PAGE = 4096
+_HUB_BLOB = re.compile(r"[0-9a-f]{64}")
+
+
+def safetensors_sample(path: Path) -> dict:
+    """A cheap fingerprint of a safetensors file: size and sha256 of the header plus sampled pages of data.
+
+    Hashing every byte would cost more than copying it. The samples (one 4 KiB page in every
+    256, at least 64) change whenever a model is retrained. A file in the hub cache is stored
+    under its full sha256, which is recorded too at no cost.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        h.update(f.read(length))
+        data = 8 + length
+        pages = max(64, (size - data) // (256 * SAMPLE_PAGE))
+        for i in range(pages):
+            f.seek(data + (size - data) * i // pages)
+            h.update(f.read(SAMPLE_PAGE))
+    out = {"bytes": size, "sampled_sha256": h.hexdigest()}
+    blob = path.resolve()
+    if blob.parent.name == "blobs" and _HUB_BLOB.fullmatch(blob.name):
+        out["sha256"] = blob.name
+    return out

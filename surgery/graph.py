@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from surgery.arch import Architecture
+from surgery.dtypes import DTYPES
 from surgery.errors import SurgeryError
 from surgery.layout import Block
 from surgery.shapes import numel, tensor_shapes
@@ -75,10 +76,9 @@ class Size:
     tied: bool  # whether the written model ties its head to its embeddings
 
     def bytes(self, dtype: str) -> int:
-        return self.params * DTYPE_BYTES[dtype]
+        return self.params * DTYPES[dtype].bytes
 
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 class LayerGraph:

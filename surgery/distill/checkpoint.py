@@ -17,7 +17,6 @@ the main process alone writes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -31,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from surgery import artifact, durable
 from surgery.distill import parallel
 from surgery.errors import SurgeryError
-from surgery.materialize.safetensors_io import fingerprint
+from surgery.fingerprint import digest_bytes, safetensors_sample
 
 KEEP = 2
 PREFIX = "step-"
@@ -186,7 +185,7 @@ def _manifest(student_dir: Path, tmp: Path, summary: dict) -> dict:
     recipe = Path(summary["recipe"])
     started = {"stage": before.stage, "build_key": before.manifest.get("build_key")} if before else None
     return artifact.manifest("distill", recipe_path=recipe,
-                             recipe_sha256=hashlib.sha256(recipe.read_bytes()).hexdigest(),
+                             recipe_sha256=digest_bytes(recipe.read_bytes()),
                              inputs={**(before.inputs if before else {}), "student": started},
                              distillation=summary,
-                             outputs={p.name: fingerprint(p) for p in sorted(tmp.glob("*.safetensors"))})
+                             outputs={p.name: safetensors_sample(p) for p in sorted(tmp.glob("*.safetensors"))})

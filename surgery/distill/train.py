@@ -24,10 +24,10 @@ from surgery import devices, durable, source
 from surgery.distill import checkpoint, data, losses, models, parallel
 from surgery.distill import plan as planning
 from surgery.distill.progress import Reporter
+from surgery.dtypes import torch_dtype
 from surgery.errors import SurgeryError
 from surgery.materialize.teacher import teacher_weights
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # Settings whose change makes a checkpoint meaningless for the new recipe. micro_batch, device,
 # compile, activation_checkpointing and the checkpoint/eval intervals may change on resume.
@@ -170,11 +170,11 @@ class Engine:
             parallel.fully_shard_layers(teacher_model, models.layer_list(teacher_model, graph))
         self.teacher = models.Teacher(teacher_model, graph, models.teacher_indices(objective, graph), forwards[0])
         precision = plan.precision
-        self.distiller = models.Distiller(student_model, graph, objective, DTYPES[precision], forwards[1], chunk_fn)
+        self.distiller = models.Distiller(student_model, graph, objective, torch_dtype(precision), forwards[1], chunk_fn)
         self.student = student_model.train()
         self.model = parallel.wrap(self.distiller, world, strategy, models.layer_list(student_model, graph),
                                    find_unused=not objective.head_terms)
-        self.autocast = (torch.autocast(world.device.type, dtype=DTYPES[precision]) if precision != "fp32"
+        self.autocast = (torch.autocast(world.device.type, dtype=torch_dtype(precision)) if precision != "fp32"
                          else nullcontext())
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=precision == "fp16")
 
@@ -298,7 +298,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     how = parallel.strategy(world, plan)
     shard_teacher = parallel.shard_teacher(world, plan)
     load_on = torch.device("cpu") if how == "fsdp" else world.device
-    teacher_model = models.load(teacher_dir, DTYPES[plan.teacher_dtype],
+    teacher_model = models.load(teacher_dir, torch_dtype(plan.teacher_dtype),
                                 torch.device("cpu") if shard_teacher else world.device, trust, "teacher")
     student_model = models.load(student_dir, torch.float32, load_on, trust, "student")
     engine = Engine(teacher_model, student_model, graph, models.Objective.from_recipe(d.losses, graph), plan, world,

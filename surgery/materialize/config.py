@@ -11,9 +11,9 @@ new depth.
 from __future__ import annotations
 
 from surgery.arch import Architecture
+from surgery.dtypes import DTYPES
 from surgery.errors import SurgeryError
 
-CONFIG_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def rewrite(config: dict, arch: Architecture, origins: tuple[int, ...], *, tied: bool, dtype: str) -> dict:
@@ -34,7 +34,7 @@ def rewrite(config: dict, arch: Architecture, origins: tuple[int, ...], *, tied:
     if arch.is_tied(config):  # a tied teacher's output is untied when embeddings and head come from two models
         out[arch.tie] = tied
     out.pop("torch_dtype", None)  # the transformers 4 spelling; transformers 5 writes `dtype`
-    out["dtype"] = CONFIG_DTYPE[dtype]
+    out["dtype"] = DTYPES[dtype].config
     return out
 
 

@@ -10,10 +10,8 @@ Only a dtype conversion needs torch, and it converts one tensor at a time.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ from surgery.errors import SurgeryError
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
             "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 FLOATS = ("F64", "F32", "F16", "BF16")  # converted to the output dtype; everything else is copied as is
-RECIPE_DTYPE = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 HEADER_ALIGN = 8  # tensor data starts 8-byte aligned, as the safetensors library writes it
 MAX_HEADER = 100 * 10**6
 INDEX_NAME = "model.safetensors.index.json"
@@ -126,34 +123,6 @@ def _numel(shape) -> int:
 
 
 # ---------------------------------------------------------------------------- fingerprints
-SAMPLE_PAGE = 4096
-_HUB_BLOB = re.compile(r"[0-9a-f]{64}")
-
-
-def fingerprint(path: Path) -> dict:
-    """A cheap content fingerprint: size and sha256 of the header plus sampled pages of data.
-
-    Hashing every byte would cost more than copying it. The samples (one 4 KiB page in every
-    256, at least 64) change whenever a model is retrained. A file in the hub cache is stored
-    under its full sha256, which is recorded too at no cost.
-    """
-    size = path.stat().st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        h.update(f.read(length))
-        data = 8 + length
-        pages = max(64, (size - data) // (256 * SAMPLE_PAGE))
-        for i in range(pages):
-            f.seek(data + (size - data) * i // pages)
-            h.update(f.read(SAMPLE_PAGE))
-    out = {"bytes": size, "sampled_sha256": h.hexdigest()}
-    blob = path.resolve()
-    if blob.parent.name == "blobs" and _HUB_BLOB.fullmatch(blob.name):
-        out["sha256"] = blob.name
-    return out
-
-
 # ---------------------------------------------------------------------------- copying bytes
 _UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 

@@ -10,7 +10,6 @@ up to date, so an interrupted `emit` resumes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,12 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 from surgery import artifact, durable, outputs
+from surgery.dtypes import DTYPES
 from surgery.errors import SurgeryError, os_error
 from surgery.graph import STUDENT, TEACHER, Assembly, node
 from surgery.materialize.config import rewrite
 from surgery.materialize.plan import Plan, plan
-from surgery.materialize.safetensors_io import (FLOATS, INDEX_NAME, RECIPE_DTYPE, OutTensor, TensorIndex,
-                                                fingerprint, output_dtype, write_shards)
+from surgery.fingerprint import digest_bytes, digest_value, safetensors_sample
+from surgery.materialize.safetensors_io import (FLOATS, INDEX_NAME, OutTensor, TensorIndex,
+                                                output_dtype, write_shards)
 from surgery.materialize.teacher import teacher_weights
 
 DEFAULT_SHARD = 5 * 10**9
@@ -62,8 +63,8 @@ def write_model(compiled, assembly: Assembly, out_dir, *, student_dir=None, dtyp
     """
     graph = compiled.graph
     dtype = dtype or compiled.emit_dtype
-    if dtype not in RECIPE_DTYPE:
-        raise SurgeryError(f"unknown dtype `{dtype}`", hint=f"use one of {', '.join(RECIPE_DTYPE)}")
+    if dtype not in DTYPES:
+        raise SurgeryError(f"unknown dtype `{dtype}`", hint=f"use one of {', '.join(DTYPES)}")
     teacher = teacher_weights(compiled)
     inputs = {TEACHER: teacher}
     if STUDENT in {r.side for r in assembly.layers} | {assembly.embeddings, assembly.final}:
@@ -145,10 +146,10 @@ def _run(job: _Job, force: bool) -> Path:
     tied = graph.tied and job.assembly.embeddings == job.assembly.final
     origins = tuple(r.index if r.side == TEACHER else graph.init_of(r.index) for r in job.assembly.layers)
     config = rewrite(graph.teacher_config, graph.arch, origins, tied=tied, dtype=job.dtype)
-    inputs = {role: {p: fingerprint(p) for p in index.files} for role, index in job.inputs.items()}
+    inputs = {role: {p: safetensors_sample(p) for p in index.files} for role, index in job.inputs.items()}
     manifest = _manifest(job, tied, inputs)
     # Inputs are identified by content fingerprint and modification time, so an edit is noticed.
-    key = _digest({"model": {k: manifest[k] for k in ("layers", "embeddings", "final", "tied", "init")},
+    key = digest_value({"model": {k: manifest[k] for k in ("layers", "embeddings", "final", "tied", "init")},
                    "inputs": {role: [[str(p), fp, p.stat().st_mtime_ns] for p, fp in files.items()]
                               for role, files in inputs.items()},
                    "dtype": job.dtype, "shard": job.shard, "config": config})
@@ -169,7 +170,7 @@ def _run(job: _Job, force: bool) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         manifest["build_key"] = key
-        manifest["outputs"] = {p.name: fingerprint(p) for p in sorted(tmp.glob("*.safetensors"))}
+        manifest["outputs"] = {p.name: safetensors_sample(p) for p in sorted(tmp.glob("*.safetensors"))}
         _write_json(tmp / artifact.MANIFEST, manifest)
         # No fsync: it would wait for the disk (3x cp's time, measured), and a model is rebuilt
         # from its inputs; checkpoints and the distilled student, which are not, are synced.
@@ -189,7 +190,7 @@ def _temp_beside(out: Path) -> Path:
 
 
 def _write(job: _Job, the_plan: Plan, config: dict, tmp: Path) -> None:
-    dtype = RECIPE_DTYPE[job.dtype]
+    dtype = DTYPES[job.dtype].safetensors
     tensors = [OutTensor(p.name, p.source, output_dtype(p.source.dtype, dtype)) for p in the_plan.tensors]
     write_shards(tensors, tmp, job.shard)
     verify(tmp, the_plan, dtype)
@@ -242,7 +243,7 @@ def _manifest(job: _Job, tied: bool, inputs: dict[str, dict[Path, dict]]) -> dic
     a = job.assembly
     return artifact.manifest(
         "init-student" if job.init else "build",
-        recipe_path=recipe.path, recipe_sha256=hashlib.sha256(recipe.path.read_bytes()).hexdigest(),
+        recipe_path=recipe.path, recipe_sha256=digest_bytes(recipe.path.read_bytes()),
         inputs={role: {"directory": str(job.inputs[role].directory),
                        "files": {p.name: fp for p, fp in files.items()}}
                 for role, files in inputs.items()},
@@ -262,14 +263,10 @@ def _up_to_date(out: Path, key: str) -> bool:
     try:
         recorded = json.loads((out / artifact.MANIFEST).read_text())
         files = recorded["outputs"]
-        return recorded.get("build_key") == key and all(fingerprint(out / n) == fp for n, fp in files.items()) \
+        return recorded.get("build_key") == key and all(safetensors_sample(out / n) == fp for n, fp in files.items()) \
             and sorted(p.name for p in out.glob("*.safetensors")) == sorted(files)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-
-
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _write_json(path: Path, value) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from surgery import devices
 from surgery.compile import Compiled
+from surgery.dtypes import torch_dtype
 from surgery.errors import SurgeryError
 from surgery.materialize.teacher import teacher_weights
 
@@ -44,7 +45,6 @@ def missing(compiled: Compiled) -> str | None:
 def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> Loaded:
     """The teacher and student on `device`, in `dtype` (default: fp32 on CPU, the teacher's
     dtype on a GPU)."""
-    import torch
     from transformers import AutoTokenizer
 
     from surgery.hf import load_causal_lm
@@ -55,9 +55,9 @@ def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> 
     recipe, graph = compiled.recipe, compiled.graph
     device = devices.resolve(device)
     dtype = dtype or ("fp32" if device == "cpu" else recipe.teacher.dtype)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     remote = recipe.teacher.trust_remote_code
-    models = {what: load_causal_lm(directory, dtype=torch_dtype, device=device, what=what, trust_remote_code=remote)
+    models = {what: load_causal_lm(directory, dtype=torch_dtype(dtype), device=device, what=what,
+                                   trust_remote_code=remote)
               for what, directory in (("teacher", teacher_weights(compiled).directory),
                                       ("student", compiled.student_dir))}
     depth = graph.arch.depth_of(models["student"].config.to_dict())

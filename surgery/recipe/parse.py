@@ -6,6 +6,7 @@ from the keywords lark would have accepted at that point.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -340,6 +341,18 @@ def _one(settings: dict[str, list[_Setting]], name: str, default=None):
     return settings[name][0].value if name in settings else default
 
 
+def _given(settings: dict[str, list[_Setting]], **fields: str) -> dict:
+    """{field: value} for the settings a block writes (field=setting name). Settings left out
+    are left out here too, so the AST dataclasses hold the one copy of every default."""
+    return {field: settings[name][0].value for field, name in fields.items() if name in settings}
+
+
+def _default(cls, field: str):
+    """An AST field's default, for checks that need the value a block left out."""
+    f = cls.__dataclass_fields__[field]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 @v_args(meta=True)
 class _Build(Transformer):
     def __init__(self, path: Path):
@@ -389,13 +402,8 @@ class _Build(Transformer):
     def teacher(self, meta, items):
         src, *rest = items
         s = _collect("teacher", rest)
-        return ast.Teacher(
-            source=_path(src),
-            dtype=_one(s, "dtype", "bf16"),
-            revision=_one(s, "revision"),
-            trust_remote_code=_one(s, "trust_remote_code", False),
-            pos=_pos(meta),
-        )
+        return ast.Teacher(source=_path(src), pos=_pos(meta),
+                           **_given(s, dtype="dtype", revision="revision", trust_remote_code="trust_remote_code"))
 
     def revision(self, meta, items):
         return _Setting("revision", _string(items[0]), _pos(meta))
@@ -417,9 +425,7 @@ class _Build(Transformer):
         if len(layer_specs) > 1:
             later = max(layer_specs, key=lambda x: (x.pos.line, x.pos.col))
             raise SurgeryError("give the student's layers once: `keep` or `map`, not both", pos=later.pos)
-        return ast.Student(
-            path=_path(path), layers=layer_specs[0].value, init=_one(s, "init", "teacher"), pos=_pos(meta)
-        )
+        return ast.Student(path=_path(path), layers=layer_specs[0].value, pos=_pos(meta), **_given(s, init="init"))
 
     def layer_span(self, meta, items):
         start = _plain_int(items[0], "a layer index")
@@ -460,8 +466,13 @@ class _Build(Transformer):
                                hint='e.g. `data text "corpus/*.txt"`')
         if "tokens" in s and "steps" in s:
             raise SurgeryError("give `tokens` or `steps`, not both", pos=s["steps"][0].pos)
-        validation = s["validation"][0].value if "validation" in s else ast.Validation(fraction=0.005)
-        losses = tuple(x.value for x in s["loss"]) if "loss" in s else ast.Distill.__dataclass_fields__["losses"].default
+        given = _given(s, validation="validation", seq="seq", pack="pack", tokens="tokens", steps="steps",
+                       batch="batch", micro_batch="micro_batch", optimizer="optimizer", schedule="schedule",
+                       precision="precision", checkpoint_every="checkpoint", eval_every="eval_every", seed="seed",
+                       device="device", compile="compile", activation_checkpointing="activation_checkpointing")
+        if "loss" in s:
+            given["losses"] = tuple(x.value for x in s["loss"])
+        losses = given.get("losses", _default(ast.Distill, "losses"))
         kinds = [loss.kind for loss in losses]
         for i, kind in enumerate(kinds):
             if kind in kinds[:i]:
@@ -469,8 +480,8 @@ class _Build(Transformer):
         if not any(loss.weight > 0 for loss in losses):
             raise SurgeryError("every loss weight is 0, so distillation would learn nothing", pos=s["loss"][0].pos,
                                hint="give at least one `loss` line a positive weight")
-        batch = _one(s, "batch", 8)
-        micro = _one(s, "micro_batch", 1)
+        batch = given.get("batch", _default(ast.Distill, "batch"))
+        micro = given.get("micro_batch", _default(ast.Distill, "micro_batch"))
         if batch % micro:
             raise SurgeryError(
                 f"batch {batch} is not a multiple of micro_batch {micro}",
@@ -479,23 +490,7 @@ class _Build(Transformer):
         _check_warmup(s, batch)
         return ast.Distill(
             data=tuple(x.value for x in s["data"]),
-            validation=validation,
-            seq=_one(s, "seq", 2048),
-            pack=_one(s, "pack", True),
-            tokens=_one(s, "tokens"),
-            steps=_one(s, "steps"),
-            batch=batch,
-            micro_batch=micro,
-            optimizer=_one(s, "optimizer", ast.Optimizer()),
-            schedule=_one(s, "schedule", ast.Schedule()),
-            losses=losses,
-            precision=_one(s, "precision", "bf16"),
-            checkpoint_every=_one(s, "checkpoint", 50),
-            eval_every=_one(s, "eval_every"),
-            seed=_one(s, "seed", 0),
-            device=_one(s, "device", "auto"),
-            compile=_one(s, "compile", False),
-            activation_checkpointing=_one(s, "activation_checkpointing", False),
+            **given,
             pos=_pos(meta),
             setting_pos={name: found[0].pos for name, found in s.items()},
         )
@@ -591,7 +586,7 @@ class _Build(Transformer):
         return _Setting("eps", _positive(items[0], "eps"), _pos(meta))
 
     def schedule(self, meta, items):
-        warmup = 0.01
+        given = {}
         if len(items) > 1:
             tok = items[1]
             warmup = _float(tok, "warmup", allow=("fraction", "count"))
@@ -603,8 +598,8 @@ class _Build(Transformer):
             if warmup >= 1 and warmup != int(warmup):
                 raise SurgeryError(f"warmup {tok} is a step count (1 or more), so it must be whole", pos=_pos(tok),
                                    hint="a fraction of the run is below 1, e.g. `warmup 0.01` or `warmup 1%`")
-            warmup = float(_at_most(int(warmup), MAX_WHOLE, tok, "warmup")) if warmup >= 1 else warmup
-        return _Setting("schedule", ast.Schedule(kind=str(items[0]), warmup=warmup, pos=_pos(meta)), _pos(meta))
+            given["warmup"] = float(_at_most(int(warmup), MAX_WHOLE, tok, "warmup")) if warmup >= 1 else warmup
+        return _Setting("schedule", ast.Schedule(kind=str(items[0]), pos=_pos(meta), **given), _pos(meta))
 
     def loss(self, meta, items):
         kind, weight, *args = items
@@ -708,10 +703,7 @@ class _Build(Transformer):
     def emit(self, meta, items):
         template, *rest = items
         s = _collect("emit", rest)
-        return ast.Emit(
-            template=_path(template), dtype=_one(s, "dtype", "bf16"), shard=_one(s, "shard", 5 * 10**9),
-            pos=_pos(meta),
-        )
+        return ast.Emit(template=_path(template), pos=_pos(meta), **_given(s, dtype="dtype", shard="shard"))
 
     def shard(self, meta, items):
         value = _float(items[0], "a shard size", allow=("bytes",))
@@ -722,15 +714,8 @@ class _Build(Transformer):
     # ------------------------------------------------------------------ evaluate
     def evaluate(self, meta, items):
         s = _collect("evaluate", items)
-        return ast.Evaluate(
-            perplexity=_one(s, "perplexity"),
-            tasks=_one(s, "tasks", ()),
-            tasks_path=_one(s, "tasks_path"),
-            limit=_one(s, "limit"),
-            baseline=_one(s, "baseline"),
-            report=_one(s, "report"),
-            pos=_pos(meta),
-        )
+        return ast.Evaluate(pos=_pos(meta), **_given(s, perplexity="perplexity", tasks="tasks", tasks_path="tasks_path",
+                                                     limit="limit", baseline="baseline", report="report"))
 
     def perplexity(self, meta, items):
         text, *args = items
@@ -778,7 +763,7 @@ def _check_warmup(settings: dict[str, list[_Setting]], batch: int) -> None:
     steps = _one(settings, "steps")
     tokens = _one(settings, "tokens")
     if steps is None and tokens is not None:
-        steps = math.ceil(tokens / (batch * _one(settings, "seq", 2048)))
+        steps = math.ceil(tokens / (batch * _one(settings, "seq", _default(ast.Distill, "seq"))))
     if steps is not None and schedule.warmup >= steps:
         raise SurgeryError(f"warmup of {int(schedule.warmup)} steps is not shorter than the run's {steps} steps",
                            pos=schedule.pos, hint="warm up for part of the run, e.g. `warmup 1%`")
