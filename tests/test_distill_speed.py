@@ -280,7 +280,7 @@ def test_compile_step_run_equals_compile_no(tmp_path, teachers, corpus, aot_eage
 def test_compile_step_names_the_first_non_finite_step(tmp_path, teachers, corpus, aot_eager):
     from surgery.distill import checkpoint
 
-    body = BODY.replace("lr 1e-3", "lr 1e30").replace("every 2 steps", "every 3 steps") + "compile step\n"
+    body = BODY.replace("lr 1e-3", "lr 1e30 weight_decay 0").replace("every 2 steps", "every 3 steps") + "compile step\n"
     compiled = _setup(tmp_path, teachers("qwen3"), corpus, body)
     with pytest.raises(SurgeryError, match=r"the loss is not finite at step 2 ") as err:
         distill_run(compiled, progress=False)

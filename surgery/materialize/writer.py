@@ -22,7 +22,7 @@ from surgery.dtypes import DTYPES
 from surgery.errors import SurgeryError, os_error
 from surgery.graph import STUDENT, TEACHER, Assembly, node
 from surgery.materialize.config import rewrite
-from surgery.materialize.plan import Plan, plan
+from surgery.materialize.copylist import CopyList, copy_list
 from surgery.fingerprint import digest_bytes, digest_value, safetensors_sample
 from surgery.materialize.safetensors_io import (FLOATS, INDEX_NAME, OutTensor, TensorIndex,
                                                 output_dtype, write_shards)
@@ -46,7 +46,7 @@ class _Job:
     dtype: str  # recipe spelling: bf16 | fp16 | fp32
     shard: int
     inputs: dict[str, TensorIndex]  # role -> the files read (fingerprinted in the manifest)
-    make_plan: Callable[[Path], Plan]  # given a scratch directory
+    make_copies: Callable[[Path], CopyList]  # given a scratch directory
     init: dict | None = None  # for init-student: how the student was made
 
     @property
@@ -70,7 +70,7 @@ def write_model(compiled, assembly: Assembly, out_dir, *, student_dir=None, dtyp
     if STUDENT in {r.side for r in assembly.layers} | {assembly.embeddings, assembly.final}:
         inputs[STUDENT] = _student_index(Path(student_dir) if student_dir else compiled.student_dir)
     job = _Job(compiled, assembly, Path(out_dir), dtype, shard or _default_shard(compiled),
-               inputs, lambda scratch: plan(graph, assembly, inputs, teacher))
+               inputs, lambda scratch: copy_list(graph, assembly, inputs, teacher))
     return _run(job, force)
 
 
@@ -88,17 +88,17 @@ def init_student(compiled, *, force: bool = False) -> Path:
         seed = recipe.distill.seed if recipe.distill else 0
         init = {"init": "random", "seed": seed}
 
-        def make_plan(scratch: Path) -> Plan:
+        def make_copies(scratch: Path) -> CopyList:
             _random_student(graph, scratch, seed)
-            return plan(graph, graph.student, {STUDENT: TensorIndex(scratch)}, teacher)
+            return copy_list(graph, graph.student, {STUDENT: TensorIndex(scratch)}, teacher)
     else:
         init = {"init": "teacher", "copied_teacher_layers": list(graph.kept)}
 
-        def make_plan(scratch: Path) -> Plan:
-            return plan(graph, graph.student, {STUDENT: teacher}, teacher,
+        def make_copies(scratch: Path) -> CopyList:
+            return copy_list(graph, graph.student, {STUDENT: teacher}, teacher,
                         student_layer=graph.init_of)
     job = _Job(compiled, graph.student, compiled.student_dir, recipe.teacher.dtype, _default_shard(compiled),
-               {TEACHER: teacher}, make_plan, init)
+               {TEACHER: teacher}, make_copies, init)
     return _run(job, force)
 
 
@@ -165,8 +165,8 @@ def _run(job: _Job, force: bool) -> Path:
     try:
         scratch = durable.temp_dir(out, "scratch")
         try:
-            the_plan = job.make_plan(scratch)
-            _write(job, the_plan, config, tmp)
+            copies = job.make_copies(scratch)
+            _write(job, copies, config, tmp)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         manifest["build_key"] = key
@@ -189,11 +189,11 @@ def _temp_beside(out: Path) -> Path:
         raise os_error(err, f"cannot write {out}", out.parent) from None
 
 
-def _write(job: _Job, the_plan: Plan, config: dict, tmp: Path) -> None:
+def _write(job: _Job, copies: CopyList, config: dict, tmp: Path) -> None:
     dtype = DTYPES[job.dtype].safetensors
-    tensors = [OutTensor(p.name, p.source, output_dtype(p.source.dtype, dtype)) for p in the_plan.tensors]
+    tensors = [OutTensor(p.name, p.source, output_dtype(p.source.dtype, dtype)) for p in copies.tensors]
     write_shards(tensors, tmp, job.shard)
-    verify(tmp, the_plan, dtype)
+    verify(tmp, copies, dtype)
     _write_json(tmp / "config.json", config)
     for pattern in TEACHER_FILES:
         for path in sorted(job.teacher_dir.glob(pattern)):
@@ -204,7 +204,7 @@ def _write(job: _Job, the_plan: Plan, config: dict, tmp: Path) -> None:
                                            "pruned_teacher_layers": list(graph.pruned)})
 
 
-def verify(directory: Path, the_plan: Plan, dtype: str) -> None:
+def verify(directory: Path, copies: CopyList, dtype: str) -> None:
     """The written files hold exactly the tensors the teacher's files call for, shaped and typed right.
 
     `dtype` is the safetensors dtype every floating tensor must have.
@@ -214,22 +214,22 @@ def verify(directory: Path, the_plan: Plan, dtype: str) -> None:
         end = max(e.end for e in written.tensors.values() if e.file == path)
         if path.stat().st_size != end:
             raise SurgeryError(f"{path.name}: {path.stat().st_size} bytes on disk, {end} expected")
-    heads = [e for name, e in written.tensors.items() if name in the_plan.head_names]
-    for name, shape in the_plan.expected.items():
+    heads = [e for name, e in written.tensors.items() if name in copies.head_names]
+    for name, shape in copies.expected.items():
         if name not in written.tensors:
             raise SurgeryError(f"{directory}: the output lacks tensor `{name}`")
     for name, e in written.tensors.items():
-        want = the_plan.head_shape if name in the_plan.head_names else the_plan.expected.get(name)
+        want = copies.head_shape if name in copies.head_names else copies.expected.get(name)
         if want is None:
             raise SurgeryError(f"{e.file.name}: unexpected tensor `{name}` in the output")
         if e.shape != want:
             raise SurgeryError(f"{e.file.name}: tensor `{name}` has shape {list(e.shape)}, expected {list(want)}")
         if e.dtype in FLOATS and e.dtype != dtype:
             raise SurgeryError(f"{e.file.name}: tensor `{name}` is {e.dtype}, expected {dtype}")
-    if len(heads) > 1 or (not the_plan.tied and not heads):
+    if len(heads) > 1 or (not copies.tied and not heads):
         raise SurgeryError(f"{directory}: the output has {len(heads)} LM heads; an "
-                           f"{'untied' if not the_plan.tied else 'tied'} model needs "
-                           f"{'one' if not the_plan.tied else 'at most one'}")
+                           f"{'untied' if not copies.tied else 'tied'} model needs "
+                           f"{'one' if not copies.tied else 'at most one'}")
     index = directory / INDEX_NAME
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]

@@ -1,4 +1,5 @@
-"""An Assembly on the layer graph -> every output tensor, named, with the file range it comes from.
+"""The tensor copy list: an Assembly on the layer graph -> every output tensor, named, with the file
+range it comes from.
 
 The teacher's files are the reference: they say which tensors a layer, the embeddings and the
 final part hold, and their shapes. Tensors taken from the student are checked against it, so
@@ -24,7 +25,7 @@ class Planned:
 
 
 @dataclass(frozen=True)
-class Plan:
+class CopyList:
     tensors: tuple[Planned, ...]
     origins: tuple[int, ...]  # per output layer, the teacher layer it stands for (per-layer config lists)
     tied: bool  # the output ties its head to its embeddings
@@ -61,8 +62,8 @@ def split(index: TensorIndex, arch: Architecture) -> Parts:
     return Parts(where, layers, embeddings, final)
 
 
-def plan(graph: LayerGraph, assembly: Assembly, sources: Mapping[str, TensorIndex], reference: TensorIndex,
-         *, student_layer: Callable[[int], int] = lambda i: i) -> Plan:
+def copy_list(graph: LayerGraph, assembly: Assembly, sources: Mapping[str, TensorIndex], reference: TensorIndex,
+              *, student_layer: Callable[[int], int] = lambda i: i) -> CopyList:
     """The output tensors of `assembly`, read from `sources[side]`.
 
     `student_layer` maps a student layer to the layer of `sources['student']` that holds it:
@@ -111,7 +112,7 @@ def plan(graph: LayerGraph, assembly: Assembly, sources: Mapping[str, TensorInde
             raise SurgeryError(f"{head.file}: tensor `{head.name}` has shape {list(head.shape)}, "
                                f"but the teacher's head has {list(head_shape)}")
         out.append(Planned(name, head, assembly.final))
-    return Plan(tuple(out), tuple(origins), tied, expected, heads, head_shape)
+    return CopyList(tuple(out), tuple(origins), tied, expected, heads, head_shape)
 
 
 def _head(parts: Parts, arch: Architecture, heads: frozenset[str], *, required: bool = True,
