@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from surgery import devices, durable, source
-from surgery.distill import checkpoint, data, models, parallel
+from surgery.distill import checkpoint, data, feed, models, parallel
 from surgery.distill import plan as planning
 from surgery.distill.progress import Reporter
 from surgery.errors import SurgeryError
@@ -151,8 +151,7 @@ class Engine:
     def step(self, rows: data.Rows, optimizer, clip: float) -> tuple[dict, float]:
         """One optimizer step on the global batch `rows`: (term means, gradient norm)."""
         plan, world = self.plan, self.world
-        per_rank = len(rows) // world.size
-        mine = rows[world.rank * per_rank:(world.rank + 1) * per_rank]
+        mine = rows.part(world.rank, world.size)
         n_targets, n_tokens = _counts(rows)
         # DDP and FSDP average gradients over processes; scale up so the average is the global sum.
         scales = self.objective.scales(n_targets, n_tokens, multiplier=world.size)
@@ -216,8 +215,9 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     torch.manual_seed(d.seed)
     teacher_dir = source.weights_dir(compiled.teacher)
     trust = recipe.teacher.trust_remote_code
-    corpus = data.Corpus(recipe, data.load_tokenizer(teacher_dir, compiled.teacher.config, trust))
-    validation = corpus.validation(plan.validation_rows(d.validation.fraction if d.validation.text is None else None))
+    rows_source = feed.open_rows(compiled, world)
+    validation = rows_source.validation(plan.validation_rows(d.validation.fraction if d.validation.text is None
+                                                             else None))
 
     how = parallel.strategy(world, plan)
     shard_teacher = parallel.shard_teacher(world, plan)
@@ -242,7 +242,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             raise SurgeryError(f"checkpoint {last} was made with a different `{changed[0]}` in the distill block",
                                file=recipe.path, pos=d.pos,
                                hint=f"restore the setting, or delete {root} to start over")
-        corpus.train.load_state_dict(state["data"])
+        rows_source.load_state_dict(state["data"])
         step, tokens = state["step"], state["tokens"]
 
     reporter = Reporter(student_dir.parent, plan.steps, step, resumed=last is not None, enabled=world.main,
@@ -250,7 +250,9 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     reporter.say(f"resuming from {last}" if last is not None else
                  f"distilling {graph.n_teacher} -> {graph.n_student} layers: {plan.steps} steps on {plan.world} x "
                  f"{plan.device} ({how}), {plan.precision}")
+    reporter.say(f"data: {rows_source.describe}")
     final = None  # the latest validation metrics
+    batches = feed.Feed(rows_source, plan.batch, plan.steps - step)
     try:
         if last is None:
             reporter.validation(0, engine.evaluate(validation))
@@ -258,7 +260,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             lr = plan.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            rows = corpus.train.take(plan.batch)
+            rows, position = next(batches)
             try:
                 metrics, norm = engine.step(rows, optimizer, d.optimizer.clip)
             except FloatingPointError as err:
@@ -274,7 +276,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
                 reporter.pause()
             if step % plan.checkpoint_every == 0 or step == plan.steps or stopping:
                 checkpoint.save(root, step, student_model, optimizer,
-                                {"tokens": tokens, "data": corpus.train.state_dict(), "fingerprint": mark}, world)
+                                {"tokens": tokens, "data": position, "fingerprint": mark}, world)
                 reporter.say(f"step {step}: checkpoint {root.name}/{checkpoint.PREFIX}{step:06d}")
                 reporter.pause()
             if stopping and step < plan.steps:
@@ -286,6 +288,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
                            hint=_resume_hint(root, "lower `micro_batch`, add `activation_checkpointing yes`, or "
                                                    "use more GPUs")) from None
     finally:
+        batches.close()
         reporter.close()
     final = final or engine.evaluate(validation)
     summary = {"steps": plan.steps, "tokens": tokens, "validation": final, "fingerprint": mark,
