@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 $(BIN)/surgery: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" -e ".[eval,test,demo]"
+	$(BIN)/pip install -q "$(TORCH)" -e ".[eval,test,demo,data]"
 	touch $@
 
 .PHONY: install test demo wheels

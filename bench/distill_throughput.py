@@ -30,7 +30,9 @@ each: about 4.2 GFLOP per token in all at Qwen3-0.6B shapes) and divides by `--p
 (989, the H100/H200's dense bf16). `--tiny` runs a tiny shape, on CPU when there is no GPU.
 `--profile N` adds, per configuration, N profiled steps: the device's busy time per step (on a
 GPU, busy well under `step_ms` means the step waits on kernel launches, not on the GPU) and
-the ops that take most of it.
+the ops that take most of it. `--cache DIR` takes the surgery configurations' rows from a
+prepared token cache (a directory `surgery prepare` prints) instead of random tokens, read on a
+background thread as training reads them, so the step time includes the real data path.
 
 Builds the layer layout from surgery.layout / surgery.graph directly: no recipe is parsed.
 """
@@ -52,7 +54,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from surgery import arch as arch_registry  # noqa: E402
 from surgery import layout  # noqa: E402
-from surgery.distill import data, losses, models, parallel, train  # noqa: E402
+from surgery.distill import data, feed, losses, models, parallel, train  # noqa: E402
 from surgery.distill import plan as planning  # noqa: E402
 from surgery.distill.plan import Plan  # noqa: E402
 from surgery.distill.train import Engine  # noqa: E402
@@ -113,6 +115,21 @@ def random_rows(micro_batch: int, seq: int, vocab: int, seed: int) -> data.Rows:
     return data.Rows(tokens, np.full(micro_batch, seq))
 
 
+class CacheRows:
+    """Rows of a prepared token cache for `feed.Feed`; ids past the bench model's vocabulary
+    (a --tiny model's 2,048) wrap around."""
+
+    def __init__(self, directory: Path, seq: int, vocab: int):
+        self.positions, self.seq, self.vocab = feed.cache_positions(directory, seq), seq, vocab
+
+    def take(self, n: int) -> data.Rows:
+        picked = self.positions.take(n)
+        return data.Rows(self.positions.read(picked, self.seq) % self.vocab, self.positions.lengths(picked))
+
+    def state_dict(self) -> dict:
+        return {}
+
+
 def flops_per_token(graph: LayerGraph) -> float:
     return 6 * graph.size(graph.student).params + 2 * graph.size(graph.teacher).params
 
@@ -139,13 +156,20 @@ def optimizer_for(student, device: torch.device):
 
 
 def surgery_step(teacher, graph, shape, micro_batch, device, *, student_dtype=torch.float32, compile=False,
-                 ac=False, backend="inductor", cudagraphs=False):
+                 ac=False, backend="inductor", cudagraphs=False, cache: Path | None = None):
     plan = plan_for(graph, shape, micro_batch, device.type, ac)
     student = build_student(teacher, graph, device, student_dtype)
     engine = Engine(teacher, student, graph, models.Objective.from_recipe(LOSSES, graph), plan,
                     parallel.World(0, 1, 0, device), compile=compile, activation_checkpointing=ac,
                     compile_backend=backend, cudagraphs=cudagraphs)
     optimizer = optimizer_for(student, device)
+    if cache is not None:
+        batches = feed.Feed(CacheRows(cache, shape["seq"], shape["vocab_size"]), micro_batch, 10**9)
+
+        def step():
+            engine.step(next(batches)[0], optimizer, Optimizer().clip)
+
+        return step, plan.memory_total(), (engine, student, optimizer, batches)
     rows = [random_rows(micro_batch, shape["seq"], shape["vocab_size"], seed) for seed in range(4)]
     count = iter(range(10**9))
     pending = []
@@ -287,6 +311,9 @@ def measure(name, make, micro_batch, shape, device, fpt, warmup, steps, extra=No
     except Exception as err:  # one broken configuration must not lose the others
         record["error"] = f"{type(err).__name__}: {str(err)[:300]}"
     finally:
+        for part in held or ():
+            if isinstance(part, feed.Feed):
+                part.close()
         del held
         gc.collect()
         if device.type == "cuda":
@@ -371,6 +398,8 @@ def main() -> int:
                         help="torch.compile backend (default: inductor; aot_eager for --tiny on CPU)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's peak, for mfu (CUDA)")
     parser.add_argument("--table", metavar="JSONL", help="print the markdown table of these records and stop")
+    parser.add_argument("--cache", type=Path, metavar="DIR",
+                        help="rows from this prepared token cache (printed by `surgery prepare`), not random tokens")
     args = parser.parse_args()
     if args.table:
         print(table(Path(args.table)))
@@ -388,7 +417,8 @@ def main() -> int:
     import transformers
 
     emit({"device": torch.cuda.get_device_name(device) if gpu else "cpu", "torch": torch.__version__,
-          "transformers": transformers.__version__, "shape": "tiny" if args.tiny else "qwen3-0.6b"})
+          "transformers": transformers.__version__, "shape": "tiny" if args.tiny else "qwen3-0.6b",
+          "rows": str(args.cache) if args.cache else "random"})
     check_head_loss(device)
     teacher, graph = build_teacher(shape, device, torch.bfloat16 if gpu else torch.float32)
     fpt = flops_per_token(graph)
@@ -406,14 +436,17 @@ def main() -> int:
         if args.baseline:
             plan.append(("baseline", mb, lambda mb=mb: baseline_step(teacher, graph, shape, mb, device), {}))
         if not args.paths:
-            plan.append(("surgery", mb, lambda mb=mb: surgery_step(teacher, graph, shape, mb, device), {}))
+            plan.append(("surgery", mb, lambda mb=mb: surgery_step(teacher, graph, shape, mb, device,
+                                                                   cache=args.cache), {}))
     if args.extras:
         small, large = min(args.micro_batches), max(args.micro_batches)
-        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device,
+        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, cache=args.cache,
                                                             student_dtype=torch.bfloat16), {"student": "pure bf16"}))
-        plan.append(("surgery", large, lambda: surgery_step(teacher, graph, shape, large, device, ac=True),
+        plan.append(("surgery", large, lambda: surgery_step(teacher, graph, shape, large, device, ac=True,
+                                                            cache=args.cache),
                      {"activation_checkpointing": True}))
-        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, compile=True),
+        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, compile=True,
+                                                            cache=args.cache),
                      {"compile": True}))
     for mb in args.micro_batches if args.paths else ():
         for path in args.paths:

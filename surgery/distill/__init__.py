@@ -2,10 +2,11 @@
 
     distill(compiled) -> the student directory, now holding the distilled student
 
-Modules: `data` (corpus -> packed rows), `losses` (the loss terms), `models` (teacher, student,
-hidden-state capture), `plan` (what the distill block means here), `parallel`
-(torch.distributed), `checkpoint` (atomic checkpoints and the final export), `progress`
-(progress bar and metrics.jsonl), `train` (the loop).
+Modules: `data` (corpus -> packed rows, streamed), `shards` (token caches: `surgery prepare`),
+`feed` (rows by position from the caches, batches on a background thread), `losses` (the loss
+terms), `models` (teacher, student, hidden-state capture), `plan` (what the distill block means
+here), `parallel` (torch.distributed), `checkpoint` (atomic checkpoints and the final export),
+`progress` (progress bar and metrics.jsonl), `train` (the loop).
 """
 
 from __future__ import annotations

@@ -13,13 +13,20 @@
   from training in every epoch (the split does not depend on `seed`, so runs with different
   seeds share it); `validation text "glob"` reads separate files instead.
 - The position in the stream is a small state (epoch, file and line reached, tokens read but
-  not yet packed, rows emitted) that checkpoints save and resume from exactly.
+  not yet packed, rows emitted) that checkpoints save and resume from exactly. A hub stream's
+  position is the `datasets` iterable state at the start of its current block, so resuming
+  re-reads at most one block.
+
+This module streams: documents are read and tokenised as training goes. `surgery prepare`
+tokenises every source once instead (surgery.distill.shards), and training then reads rows by
+position from that cache (surgery.distill.feed): the same rows, for local files.
 """
 
 from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -37,16 +44,31 @@ HUB_SHUFFLE_BUFFER = 10_000
 
 @dataclass
 class Rows:
-    """A batch of rows: token ids [n, seq] and the number of real tokens in each row."""
+    """A batch of rows: token ids [n, seq] and the number of real tokens in each row.
+
+    With `local`, the batch is a global one read for one process: `lengths` covers every row
+    (the loss is normalised by the whole batch's tokens) but `tokens` holds only that
+    process's share, the rows `part` gives it.
+    """
 
     tokens: np.ndarray
     lengths: np.ndarray
+    local: bool = False
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.lengths)
 
     def __getitem__(self, s: slice) -> "Rows":
+        assert not self.local, "a process's share of a batch is taken with part()"
         return Rows(self.tokens[s], self.lengths[s])
+
+    def part(self, rank: int, size: int) -> "Rows":
+        """Process `rank`'s share of a global batch: the rank-th of `size` equal slices."""
+        n = len(self) // size
+        if not self.local:
+            return self[rank * n:(rank + 1) * n]
+        assert len(self.tokens) == n, (len(self.tokens), n)
+        return Rows(self.tokens, self.lengths[rank * n:(rank + 1) * n])
 
 
 def _uniform(key: bytes, *parts) -> float:
@@ -57,9 +79,23 @@ def _uniform(key: bytes, *parts) -> float:
     return int.from_bytes(h.digest(), "little") / 2**64
 
 
+def document_hash(text: str) -> int:
+    """A document's 64-bit content hash: it is held out when hash / 2**64 < the fraction."""
+    h = hashlib.blake2b(b"surgery-validation", digest_size=8)
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest(), "little")
+
+
 def held_out(text: str, fraction: float) -> bool:
     """Whether a document belongs to the validation split."""
-    return _uniform(b"surgery-validation", text.encode("utf-8", "surrogatepass")) < fraction
+    return document_hash(text) / 2**64 < fraction
+
+
+def pick(weights: np.ndarray, live: np.ndarray, key: bytes, row: int) -> int:
+    """The source of mixture row `row`: by weight among the live sources, from a hash of (key, row)."""
+    w = np.where(live, weights, 0.0)
+    edges = np.cumsum(w) / w.sum()
+    return min(int(np.searchsorted(edges, _uniform(key, row), side="right")), len(w) - 1)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -107,8 +143,8 @@ class Encoder:
 
 
 # ----------------------------------------------------------------------------- sources
-# A source yields (text, position after it) for one epoch, from a position. Positions are
-# pairs of ints: (file, line within the file) for files, (documents read, 0) for a hub stream.
+# A source yields (text, position after it) for one epoch, from a position; (0, 0) is the
+# start. Positions are (file, line within the file) for files, see HubSource for a hub stream.
 
 
 class FileSource:
@@ -198,37 +234,53 @@ class HubSource:
         try:
             import datasets  # noqa: F401
         except ImportError:
-            raise SurgeryError("`data hf` needs the `datasets` package", hint="pip install datasets",
+            raise SurgeryError("`data hf` needs the `datasets` package",
+                               hint="pip install datasets (surgery's `data` extra)",
                                **self.where) from None
 
     @property
     def describe(self) -> str:
         return _hub_text(self.spec)
 
-    def _open(self, epoch: int):
+    def open(self):
+        """The dataset as an iterable in its own order (a streamed `datasets.IterableDataset`)."""
         import datasets
 
         try:
-            ds = datasets.load_dataset(self.path, name=self.spec.config, split=self.spec.split, streaming=True)
+            return datasets.load_dataset(self.path, name=self.spec.config, split=self.spec.split, streaming=True)
         except Exception as err:  # datasets raises many kinds for an unreachable or unknown dataset
             raise SurgeryError(f'cannot stream dataset "{self.spec.path}": {type(err).__name__}: '
                                f"{str(err).splitlines()[0] if str(err) else ''}",
                                hint="check the name, split and config, and that the hub is reachable",
                                **self.where) from None
-        ds = ds.shuffle(seed=self.seed + 1000 * self.index, buffer_size=HUB_SHUFFLE_BUFFER)
-        ds.set_epoch(epoch)
-        return ds
 
-    def documents(self, epoch: int, position: tuple[int, int]):
-        count = position[0]
-        for record in self._open(epoch).skip(count):
-            count += 1
-            if self.spec.field not in record:
-                raise SurgeryError(f'dataset "{self.spec.path}" has no field `{self.spec.field}`',
-                                   hint=f"its fields: {', '.join(sorted(record))}", **self.where)
-            text = record[self.spec.field]
-            if isinstance(text, str) and text:
-                yield text, (count, 0)
+    def text(self, record: dict) -> str | None:
+        """A record's document, or None when it has none."""
+        if self.spec.field not in record:
+            raise SurgeryError(f'dataset "{self.spec.path}" has no field `{self.spec.field}`',
+                               hint=f"its fields: {', '.join(sorted(record))}", **self.where)
+        text = record[self.spec.field]
+        return text if isinstance(text, str) and text else None
+
+    def documents(self, epoch: int, position):
+        """Blocks of HUB_SHUFFLE_BUFFER records, each shuffled by (seed, epoch, block). A position
+        is (block, records of it used, the `datasets` state at the block's start): resuming loads
+        that state and re-reads one block, never the records before it."""
+        block, used, state = position if position != (0, 0) else (0, 0, None)
+        ds = self.open()
+        if state is not None:
+            ds.load_state_dict(state)
+        records = iter(ds)
+        while True:
+            texts = [self.text(r) for r in itertools.islice(records, HUB_SHUFFLE_BUFFER)]
+            if not texts:
+                return
+            order = np.random.default_rng([self.seed, self.index, epoch, block]).permutation(len(texts))
+            for i in range(used, len(texts)):
+                if texts[order[i]] is not None:
+                    yield texts[order[i]], (block, i + 1, state)
+            state = ds.state_dict()  # where the next block starts
+            block, used = block + 1, 0
 
 
 def _hub_text(spec: DataSource, note: str = "streamed") -> str:
@@ -346,9 +398,7 @@ class Mixture:
             p.load_state_dict(s)
 
     def _pick(self) -> int:
-        w = np.where(self.live, self.weights, 0.0)
-        edges = np.cumsum(w) / w.sum()
-        return min(int(np.searchsorted(edges, _uniform(self.key, self.rows), side="right")), len(w) - 1)
+        return pick(self.weights, self.live, self.key, self.rows)
 
     def take(self, n: int) -> Rows:
         """The next n rows (fewer only when non-cycling sources run out)."""

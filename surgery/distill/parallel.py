@@ -1,7 +1,9 @@
 """torch.distributed for the engine: one process per device, started by torchrun.
 
-Every process reads the same deterministic data stream and takes its own slice of each global
-batch, so the data position is the same on all of them and does not depend on their number.
+Each process trains on its own slice of each global batch: from a prepared token cache it reads
+only that slice's tokens; streamed, it reads the whole batch and keeps its slice. Either way the
+data position counts global rows, so it is the same on all of them and does not depend on their
+number (surgery.distill.feed).
 The student is replicated with DDP when its training state fits comfortably on one device, and
 sharded with FSDP2 (`fully_shard`, one unit per layer) when it does not; the teacher is
 replicated, or sharded the same way when its weights are large. `SURGERY_DISTILL_STRATEGY=fsdp`

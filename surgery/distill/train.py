@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from surgery import devices, durable, source
-from surgery.distill import checkpoint, data, losses, models, parallel
+from surgery.distill import checkpoint, data, feed, losses, models, parallel
 from surgery.distill import plan as planning
 from surgery.distill.progress import Reporter
 from surgery.dtypes import torch_dtype
@@ -231,8 +231,7 @@ class Engine:
         clip: (this process's term sums, the gradient norm, targets, tokens), nothing read back
         from the device."""
         plan, world = self.plan, self.world
-        per_rank = len(rows) // world.size
-        mine = rows[world.rank * per_rank:(world.rank + 1) * per_rank]
+        mine = rows.part(world.rank, world.size)
         n_targets, n_tokens = _counts(rows)
         # DDP and FSDP average gradients over processes; scale up so the average is the global sum.
         scales = self.objective.scales(n_targets, n_tokens, multiplier=world.size)
@@ -292,8 +291,9 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     torch.manual_seed(d.seed)
     teacher_dir = teacher_weights(compiled).directory  # every tensor checked before training starts
     trust = recipe.teacher.trust_remote_code
-    corpus = data.Corpus(recipe, data.load_tokenizer(teacher_dir, compiled.teacher.config, trust))
-    validation = corpus.validation(plan.validation_rows(d.validation.fraction if d.validation.text is None else None))
+    rows_source = feed.open_rows(compiled, world)
+    validation = rows_source.validation(plan.validation_rows(d.validation.fraction if d.validation.text is None
+                                                             else None))
 
     how = parallel.strategy(world, plan)
     shard_teacher = parallel.shard_teacher(world, plan)
@@ -318,7 +318,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             raise SurgeryError(f"checkpoint {last} was made with a different `{changed[0]}` in the distill block",
                                file=recipe.path, pos=d.pos,
                                hint=f"restore the setting, or delete {root} to start over")
-        corpus.train.load_state_dict(state["data"])
+        rows_source.load_state_dict(state["data"])
         step, tokens = state["step"], state["tokens"]
 
     reporter = Reporter(student_dir.parent, plan.steps, step, resumed=last is not None, enabled=world.main,
@@ -328,8 +328,10 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     reporter.say(f"resuming from {last}" if last is not None else
                  f"distilling {graph.n_teacher} -> {graph.n_student} layers: {plan.steps} steps on {plan.world} x "
                  f"{plan.device} ({how}), {plan.precision}")
+    reporter.say(f"data: {rows_source.describe}")
     final = None  # the latest validation metrics
     pending = []  # engine.deferred: (step, tokens, lr, step tokens, Pending, host time) not yet read
+    batches = feed.Feed(rows_source, plan.batch, plan.steps - step)
     try:
         if last is None:
             reporter.validation(0, engine.evaluate(validation))
@@ -337,7 +339,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             lr = plan.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            rows = corpus.train.take(plan.batch)
+            rows, position = next(batches)
             stopping = stop_after is not None and step + 1 >= stop_after
             try:
                 if engine.deferred:
@@ -364,7 +366,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
                 if not checkpoint.finite(student_model):
                     raise _diverged(f"the weights are not finite after step {step}", root, step, recipe, world)
                 checkpoint.save(root, step, student_model, optimizer,
-                                {"tokens": tokens, "data": corpus.train.state_dict(), "fingerprint": mark}, world)
+                                {"tokens": tokens, "data": position, "fingerprint": mark}, world)
                 reporter.say(f"step {step}: checkpoint {root.name}/{checkpoint.PREFIX}{step:06d}")
                 reporter.pause()
             if stopping and step < plan.steps:
@@ -376,6 +378,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
                            hint=_resume_hint(root, "lower `micro_batch`, add `activation_checkpointing yes`, or "
                                                    "use more GPUs")) from None
     finally:
+        batches.close()
         reporter.close()
     final = final or engine.evaluate(validation)
     summary = {"steps": plan.steps, "tokens": tokens, "validation": final, "fingerprint": mark,
