@@ -1,4 +1,4 @@
-"""`surgery run`: check -> init-student -> distill -> plan -> emit -> evaluate -> report.
+"""`surgery run`: check -> init-student -> prepare -> distill -> plan -> emit -> evaluate -> report.
 
 Each stage is one function in surgery.stages, the same one its command calls. This driver
 records what each stage consumed (its declared inputs) and produced in the run directory's
@@ -31,9 +31,9 @@ from surgery.compile import Compiled
 from surgery.errors import SurgeryError
 from surgery.fingerprint import canonical, digest_bytes, digest_value
 from surgery.schedule import Step
-from surgery.stages import Context, distill, emit, evaluate, init_student, plan, report, report_dir
+from surgery.stages import Context, distill, emit, evaluate, init_student, plan, prepare, report, report_dir
 
-STAGES = ("check", "init-student", "distill", "plan", "emit", "evaluate", "report")
+STAGES = ("check", "init-student", "prepare", "distill", "plan", "emit", "evaluate", "report")
 STATE, RUN_RECORD, METRICS = "state.json", "run.yaml", "metrics.jsonl"
 
 
@@ -85,6 +85,10 @@ def _check(run: Run, resuming: bool) -> dict:
 def _init(run: Run, resuming: bool) -> dict:
     init_student.run(run.ctx, force=True)
     return {"student": run.ctx.student_files()}
+
+
+def _prepare(run: Run, resuming: bool) -> dict:
+    return {"directories": [str(d) for d in prepare.run(run.ctx)]}
 
 
 def _distill(run: Run, resuming: bool) -> dict:
@@ -150,6 +154,7 @@ PIPELINE = (
     Stage("check", _no_skip, _check_inputs, _check, _always),
     # Distillation rewrites the student directory, so only its presence is required after init.
     Stage("init-student", _no_skip, init_student.inputs, _init, lambda run, o: run.compiled.student_dir.is_dir()),
+    Stage("prepare", prepare.skip_reason, prepare.inputs, _prepare, lambda run, o: prepare.intact(run.ctx)),
     Stage("distill", lambda ctx: None if ctx.recipe.distill else "no distill block: the student stays untrained",
           distill.inputs, _distill, _student_intact),
     Stage("plan", _no_skip, plan.inputs, _plan, _artifact_intact(plan)),

@@ -8,6 +8,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import FAMILIES, save_teacher  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def token_cache(tmp_path_factory):
+    """The token cache `surgery prepare` (and so `surgery run`) fills goes to a temporary
+    directory, never the user's ~/.cache; subprocesses inherit it."""
+    import os
+
+    saved = os.environ.get("SURGERY_CACHE")
+    os.environ["SURGERY_CACHE"] = str(tmp_path_factory.mktemp("surgery-cache"))
+    yield
+    if saved is None:
+        del os.environ["SURGERY_CACHE"]
+    else:
+        os.environ["SURGERY_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def teachers(tmp_path_factory):
     """A factory of cached tiny teachers: teachers(family, layers=6, tied=False)."""

@@ -69,14 +69,14 @@ def teacher(teachers):
 def test_run_writes_everything_and_a_rerun_skips_it(teacher, tmp_path):
     recipe = make_recipe(tmp_path, teacher)
     log = run(recipe)
-    assert statuses(log)["distill"] == "skipped"  # this recipe has no distill block
+    assert statuses(log)["distill"] == statuses(log)["prepare"] == "skipped"  # this recipe has no distill block
     run_dir = tmp_path / "run"
     for name in ("run.yaml", "metrics.jsonl", "state.json", "evaluation/evaluation.json", "report/results.json",
                  "report/results.md", "report/curve.png", "pruned-student/config.json", "models/5L/config.json",
                  "naive-pruning/5L/config.json"):
         assert (run_dir / name).is_file(), name
     state = json.loads((run_dir / "state.json").read_text())["stages"]
-    assert {s for s, r in state.items() if r["status"] == "done"} == set(STAGES) - {"distill"}
+    assert {s for s, r in state.items() if r["status"] == "done"} == set(STAGES) - {"prepare", "distill"}
     assert state["init-student"]["inputs"]["teacher"]  # a digest of the teacher's files
     results = json.loads((run_dir / "report" / "results.json").read_text())
     assert [(m["name"], m["depth"]) for m in results["models"]] == [("student", 4), ("5L", 5), ("teacher", 6)]
@@ -119,9 +119,9 @@ def test_from_and_force(teacher, tmp_path):
     recipe = make_recipe(tmp_path, teacher)
     run(recipe)
     got = statuses(run(recipe, start="emit"))
-    assert [got[s] for s in STAGES] == ["up to date"] * 2 + ["skipped", "up to date"] + ["done"] * 3
+    assert [got[s] for s in STAGES] == ["up to date"] * 2 + ["skipped"] * 2 + ["up to date"] + ["done"] * 3
     got = statuses(run(recipe, force=True))
-    assert [got[s] for s in STAGES] == ["done"] * 2 + ["skipped"] + ["done"] * 4
+    assert [got[s] for s in STAGES] == ["done"] * 2 + ["skipped"] * 2 + ["done"] * 4
     with pytest.raises(SurgeryError, match="no stage `emitt`"):
         run(recipe, start="emitt")
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -89,6 +90,9 @@ def test_killed_mid_distill_resumes_then_lm_eval_cli_loads_an_emitted_model(reci
     proc.wait()
     state = json.loads((tmp_path / "run" / "state.json").read_text())["stages"]
     assert state["distill"]["status"] == "running"
+    # `surgery run` tokenised the data into the token cache first; distillation read rows from it.
+    assert state["prepare"]["status"] == "done"
+    assert all(Path(d, "manifest.json").is_file() for d in state["prepare"]["outputs"]["directories"])
 
     capfd.readouterr()
     log = run_here(recipe)  # the rerun, in this process (its torch is already imported)

@@ -13,13 +13,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from surgery.compile import compile_file
-    from surgery.distill import shards
     from surgery.errors import SurgeryError
+    from surgery.stages import Context, prepare
 
     if args.workers is not None and args.workers < 1:
         raise SurgeryError(f"--workers {args.workers}: needs at least one", hint="e.g. --workers 4")
-    compiled = compile_file(args.recipe)
-    shards.prepare(compiled, progress=not args.no_progress, workers=args.workers)
-    for directory in shards.status(compiled).directories:
+    ctx = Context(compile_file(args.recipe))
+    reason = prepare.skip_reason(ctx)
+    if reason:
+        raise ctx.error(f"nothing to prepare: {reason}", hint="`prepare` tokenises the distill block's `data`")
+    for directory in prepare.run(ctx, workers=args.workers, progress=not args.no_progress):
         print(directory)
     return 0

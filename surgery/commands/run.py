@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-HELP = "run check, init-student, distill, plan, emit, evaluate and report; rerun to resume"
+HELP = "run check, init-student, prepare, distill, plan, emit, evaluate and report; rerun to resume"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", metavar="RECIPE")
     # Stage names are checked by surgery.pipeline, so that start-up does not import it.
     parser.add_argument("--from", dest="start", metavar="STAGE",
-                        help="redo this stage and every later one: check, init-student, distill, plan, emit, "
-                             "evaluate, report")
+                        help="redo this stage and every later one: check, init-student, prepare, distill, plan, "
+                             "emit, evaluate, report")
     parser.add_argument("--force", action="store_true", help="redo every stage")
 
 
