@@ -8,6 +8,7 @@ from distill_support import distill_recipe, documents, jsonl_corpus, text_corpus
 
 from surgery.distill import data
 from surgery.errors import SurgeryError
+from surgery.hf import check_tokenizer
 from surgery.recipe.parse import load
 
 
@@ -136,9 +137,9 @@ def test_empty_validation_split_is_an_error(tmp_path, teachers, tokenizer):
 
 def test_tokenizer_that_does_not_match_the_teacher(teachers, tokenizer):
     with pytest.raises(SurgeryError, match="EOS token is 2 but the teacher's config says 5"):
-        data.check_tokenizer(tokenizer, {"vocab_size": 320, "eos_token_id": 5}, "teacher")
+        check_tokenizer(tokenizer, {"vocab_size": 320, "eos_token_id": 5}, "teacher")
     with pytest.raises(SurgeryError, match="has 320 tokens but the teacher's embedding has 100 rows"):
-        data.check_tokenizer(tokenizer, {"vocab_size": 100, "eos_token_id": 2}, "teacher")
+        check_tokenizer(tokenizer, {"vocab_size": 100, "eos_token_id": 2}, "teacher")
 
 
 def test_hf_source_offline_and_local(tmp_path, teachers, tokenizer, monkeypatch):

@@ -19,9 +19,6 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise SurgeryError(f"--workers {args.workers}: needs at least one", hint="e.g. --workers 4")
     ctx = Context(compile_file(args.recipe))
-    reason = prepare.skip_reason(ctx)
-    if reason:
-        raise ctx.error(f"nothing to prepare: {reason}", hint="`prepare` tokenises the distill block's `data`")
     for directory in prepare.run(ctx, workers=args.workers, progress=not args.no_progress):
         print(directory)
     return 0

@@ -24,7 +24,6 @@ position from that cache (surgery.distill.feed): the same rows, for local files.
 
 from __future__ import annotations
 
-import glob as globlib
 import hashlib
 import itertools
 import json
@@ -36,6 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from surgery.errors import SurgeryError
+from surgery.globs import matching
 from surgery.recipe.ast import DataSource, Distill, Recipe
 
 DOCS_PER_READ = 64  # documents tokenised per call: the fast tokenizer works in batches
@@ -101,34 +101,6 @@ def pick(weights: np.ndarray, live: np.ndarray, key: bytes, row: int) -> int:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def load_tokenizer(directory: Path, teacher_config: dict, trust_remote_code: bool = False):
-    """The teacher's tokenizer, checked against the teacher's config."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise SurgeryError(f"cannot load the teacher's tokenizer from {directory}: {str(err).splitlines()[0]}",
-                           hint="the teacher directory needs its tokenizer files") from None
-    check_tokenizer(tok, teacher_config, directory)
-    return tok
-
-
-def check_tokenizer(tok, config: dict, where) -> None:
-    vocab = config.get("vocab_size")
-    if vocab is not None and len(tok) > vocab:
-        raise SurgeryError(f"the tokenizer in {where} has {len(tok)} tokens but the teacher's embedding has "
-                           f"{vocab} rows", hint="use the tokenizer that came with the teacher")
-    if tok.eos_token_id is None:
-        raise SurgeryError(f"the tokenizer in {where} has no EOS token", hint="packing separates documents with EOS")
-    eos = config.get("eos_token_id")
-    eos = set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
-    if eos and tok.eos_token_id not in eos:
-        raise SurgeryError(f"the tokenizer's EOS token is {tok.eos_token_id} but the teacher's config says "
-                           f"{sorted(eos)[0] if len(eos) == 1 else sorted(eos)}",
-                           hint="tokenizer and teacher do not match; use the tokenizer that came with the teacher")
-
-
 class Encoder:
     """Text -> token ids with the teacher's conventions, each document ending in EOS."""
 
@@ -153,7 +125,7 @@ class FileSource:
     def __init__(self, spec: DataSource, recipe: Recipe, seed: int, index: int):
         self.spec, self.seed, self.index = spec, seed, index
         pattern = str(recipe.resolve(spec.path))
-        self.paths = sorted(Path(p) for p in globlib.glob(pattern, recursive=True) if os.path.isfile(p))
+        self.paths = matching(pattern)
         if not self.paths:
             raise SurgeryError(f'no files match "{spec.path}"', file=recipe.path, pos=spec.pos,
                                hint=f"looked for {pattern}")

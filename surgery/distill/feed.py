@@ -245,10 +245,11 @@ class StreamedRows:
 
     def __init__(self, compiled):
         from surgery import source
+        from surgery.hf import load_tokenizer
 
         recipe = compiled.recipe
-        tokenizer = data.load_tokenizer(source.weights_dir(compiled.teacher), compiled.teacher.config,
-                                        recipe.teacher.trust_remote_code)
+        tokenizer = load_tokenizer(source.weights_dir(compiled.teacher), compiled.teacher.config,
+                                   recipe.teacher.trust_remote_code)
         self.recipe = recipe
         self.corpus = data.Corpus(recipe, tokenizer)
         self.describe = "streamed (`surgery prepare` tokenises once, ahead)"

@@ -190,15 +190,16 @@ def read_manifest(directory: Path) -> dict | None:
 def prepare(compiled, *, progress: bool = True, workers: int | None = None) -> Path:
     """Tokenise every source of the recipe that is not prepared yet; returns the cache root."""
     from surgery import source as model_source
-    from surgery.distill import data
 
     cache_root().mkdir(parents=True, exist_ok=True)
     found = sources(compiled)
     todo = [s for s in found if not prepared(s, read_manifest(s.directory))]
     if todo:
         recipe = compiled.recipe
-        tok = data.load_tokenizer(model_source.weights_dir(compiled.teacher), compiled.teacher.config,
-                                  recipe.teacher.trust_remote_code)
+        from surgery.hf import load_tokenizer
+
+        tok = load_tokenizer(model_source.weights_dir(compiled.teacher), compiled.teacher.config,
+                             recipe.teacher.trust_remote_code)
         if not getattr(tok, "is_fast", False):
             raise SurgeryError("`prepare` needs a fast tokenizer (a tokenizer.json)", file=recipe.path,
                                pos=recipe.teacher.pos, hint="save the teacher's tokenizer with transformers' "

@@ -84,13 +84,14 @@ class Evaluator:
         return {"metric": "perplexity", "seq": p.seq, "stride": p.stride, "text": self.digests.files(self.text_files)}
 
     def _documents(self, directory: Path) -> list[list[int]]:
-        from transformers import AutoTokenizer
-
         from surgery.evaluate.perplexity import tokenize
+        from surgery.hf import load_tokenizer
+        from surgery.source import read_config
 
         key = self.digests.tokenizer(directory)
         if key not in self._tokens:
-            tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=self.trust_remote_code)
+            config = read_config(Path(directory) / "config.json", "model")
+            tokenizer = load_tokenizer(directory, config, self.trust_remote_code)
             self._tokens[key] = tokenize(tokenizer, self.text_files)
         return self._tokens[key]
 

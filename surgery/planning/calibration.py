@@ -7,10 +7,8 @@ padding or mask, and the same recipe always gives the same rows.
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
-
 from surgery.errors import SurgeryError
+from surgery.globs import matching
 from surgery.recipe.ast import Calibration, Recipe
 
 
@@ -19,7 +17,7 @@ def token_rows(recipe: Recipe, calibration: Calibration, tokenizer):
     import torch
 
     pattern = recipe.resolve(calibration.text)
-    files = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+    files = matching(pattern)
     where = dict(file=recipe.path, pos=calibration.pos)
     if not files:
         raise SurgeryError(f"no files match the calibration text glob {pattern}", **where,

@@ -45,9 +45,7 @@ def missing(compiled: Compiled) -> str | None:
 def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> Loaded:
     """The teacher and student on `device`, in `dtype` (default: fp32 on CPU, the teacher's
     dtype on a GPU)."""
-    from transformers import AutoTokenizer
-
-    from surgery.hf import load_causal_lm
+    from surgery.hf import load_causal_lm, load_tokenizer
 
     from surgery.planning.calibration import token_rows
     from surgery.planning.measure import Measurer
@@ -64,7 +62,7 @@ def load(compiled: Compiled, device: str = "auto", dtype: str | None = None) -> 
     if depth != graph.n_student:
         raise SurgeryError(f"the student in {compiled.student_dir} has {depth} layers; the recipe's student has "
                            f"{graph.n_student}", hint="rerun `surgery init-student` and `surgery distill`")
-    tokenizer = AutoTokenizer.from_pretrained(compiled.teacher.directory, trust_remote_code=remote)
+    tokenizer = load_tokenizer(compiled.teacher.directory, compiled.teacher.config, remote)
     rows = token_rows(recipe, recipe.patch.calibration, tokenizer)
     measurer = Measurer(models["teacher"], models["student"], graph, rows)
     info = {"text": recipe.patch.calibration.text, "rows": rows.shape[0], "seq": rows.shape[1],
