@@ -6,9 +6,12 @@ Needs the recipe's teacher weights, its distilled student (`surgery init-student
 `surgery distill`), a `calibration` line in its patch block and held-out text (the recipe's
 `perplexity text`, or --heldout). For every subset of student layers it measures KL to the
 teacher on the calibration rows, and KL and perplexity on held-out rows. Then, per size step, it
-reports the model each order picks (last_to_first, first_to_last, klpatch, optimal) and the
-exhaustive best by calibration KL. KLPatch and the exact planner choose from calibration KL only,
-never from held-out numbers; they are also run live, to check their picks and count their cost.
+reports the model each method picks and the exhaustive best by calibration KL. The methods are
+the four orders (last_to_first, first_to_last, klpatch, optimal with its default settings),
+`optimal` with `exhaustive 0` (reranking the additive model's 8 cheapest sets of each size only),
+and `additive`: the additive model's own best, which is what `optimal` picked before it measured
+its candidates. The measured methods choose from calibration KL only, never from held-out
+numbers; they are also run live on fresh measurers, to check their picks and count their cost.
 
 Writes study.json, study-kl.png and study-ppl.png to --out, and prints a markdown table.
 """
@@ -26,14 +29,17 @@ from pathlib import Path
 
 from surgery.compile import compile_file, compile_recipe
 from surgery.errors import SurgeryError
-from surgery.planning import costs, models
+from surgery.planning import costs, dag, models, optimal
 from surgery.planning.calibration import token_rows
-from surgery.planning.plan import ORDERS, best_per_step, layers_text, menu
+from surgery.planning.plan import ORDERS, Candidate, best_per_step, layers_text, menu, searched
 from surgery.planning.plot import size_curves
 from surgery.recipe.ast import Calibration
 from surgery.schedule import step_of
 
 MAX_STUDENT = 12  # 2^12 subsets is the most this script will walk
+RERANK = "optimal_exhaustive_0"  # optimal measuring only the model's cheapest sets
+METHODS = (*ORDERS, RERANK, "additive", "exhaustive")
+LABELS = {RERANK: "optimal, exhaustive 0", "additive": "additive only"}
 
 
 def main(argv=None) -> int:
@@ -82,7 +88,11 @@ def study(args) -> None:
     held_scores = dict(zip(subsets, held.scores(subsets)))
     lookup = lambda sets: [cal_scores[frozenset(s)].kl for s in sets]  # noqa: E731
 
-    picks = {o: best_per_step(menu(graph, o, lookup)) for o in ORDERS}
+    picks = {o: best_per_step(menu(graph, o, lookup)) for o in ORDERS if o != "optimal"}
+    searches = {"optimal": optimal.search(graph, lookup), RERANK: optimal.search(graph, lookup, exhaustive=0)}
+    for name, found in searches.items():
+        picks[name] = best_per_step(searched(found))
+    picks["additive"] = additive_picks(graph, lookup)
     by_step: dict[int, list[frozenset]] = {}
     for s in subsets:
         by_step.setdefault(step_of(graph, s), []).append(s)
@@ -90,6 +100,7 @@ def study(args) -> None:
     oracle = {k: min(sets, key=lambda s: (held_scores[s].nll, sorted(s))) for k, sets in by_step.items()}
 
     live = _live_costs(compiled, loaded, picks)
+    live["exhaustive"] = {"models_measured": len(subsets)}
     model = costs.AdditiveCosts.from_measured(n, {s: cal_scores[s].kl for s in costs.probes(n)})
     fidelity = _fidelity(model, cal_scores, held_scores, by_step)
 
@@ -101,7 +112,7 @@ def study(args) -> None:
 
     steps = {}
     for k in sorted(by_step):
-        steps[k] = {"models": len(by_step[k]), **{o: row(picks[o][k].patched) for o in ORDERS},
+        steps[k] = {"models": len(by_step[k]), **{o: row(picks[o][k].patched) for o in METHODS if o != "exhaustive"},
                     "exhaustive": row(exhaustive[k]), "heldout_oracle": row(oracle[k])}
     result = {
         "recipe": os.path.relpath(recipe.path), "teacher": recipe.teacher.source,
@@ -110,15 +121,17 @@ def study(args) -> None:
         "calibration": {**loaded.info, "text": recipe.patch.calibration.text},
         "heldout": {"text": heldout, "rows": held_rows.shape[0], "seq": held_rows.shape[1]},
         "subsets": len(subsets), "steps": steps, "live": live, "additive_model": fidelity,
+        "searches": {name: found.to_json() for name, found in searches.items()},
         "all": [{"patched": sorted(s), "params": graph.size(graph.assemble(s)).params, "kl": cal_scores[s].kl,
                  "heldout_ppl": math.exp(held_scores[s].nll)} for s in subsets],
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(result, indent=1) + "\n")
-    methods = [*ORDERS, "exhaustive"]
+    methods = [m for m in METHODS if m != RERANK]  # its line would hide under optimal's here
     for metric, ylabel, name in (("kl", None, "study-kl.png"), ("heldout_ppl", "held-out perplexity", "study-ppl.png")):
-        curves = {m: [(steps[k][m]["params"], steps[k][m][metric]) for k in sorted(steps)] for m in methods}
+        curves = {LABELS.get(m, m): [(steps[k][m]["params"], steps[k][m][metric]) for k in sorted(steps)]
+                  for m in methods}
         every = {"every subset": [(r["params"], r[metric]) for r in result["all"]]}
         kwargs = {"ylabel": ylabel} if ylabel else {}
         png = size_curves(curves, f"{Path(args.recipe).name}: {len(subsets)} subsets", extra=every, **kwargs)
@@ -126,18 +139,42 @@ def study(args) -> None:
     print(markdown(result))
 
 
+def additive_picks(graph, measure) -> dict[int, Candidate]:
+    """The additive model's best of each step, by predicted cost: what `optimal` picked before it
+    measured its candidates. It measures the model's 2M-1 probes only."""
+    n = graph.n_student
+    probes = costs.probes(n)
+    model = costs.AdditiveCosts.from_measured(n, dict(zip(probes, measure(probes))))
+    return best_per_step([Candidate(c.patched, step_of(graph, c.patched), c.cost)
+                          for c in dag.choices(graph, model.edge)])
+
+
 def _live_costs(compiled, loaded, picks) -> dict:
-    """Run klpatch and optimal on fresh measurers: their cost, and the same picks as the lookup."""
+    """Run every measured method on a fresh measurer: its cost (the teacher, every method's
+    reference, counts as one model), and the same picks as the lookup. The timed wall clock
+    includes the measurer's start-up check."""
+    import time
+
     import torch
 
+    graph = compiled.graph
     rows = torch.cat(loaded.measurer.batches)
+    methods = {
+        "klpatch": lambda kl: best_per_step(menu(graph, "klpatch", kl)),
+        "optimal": lambda kl: best_per_step(searched(optimal.search(graph, kl))),
+        RERANK: lambda kl: best_per_step(searched(optimal.search(graph, kl, exhaustive=0))),
+        "additive": lambda kl: additive_picks(graph, kl),
+    }
     out = {}
-    for order in ("klpatch", "optimal"):
-        fresh = type(loaded.measurer)(loaded.teacher, loaded.student, compiled.graph, rows)
+    for name, run in methods.items():
+        start = time.perf_counter()
+        fresh = type(loaded.measurer)(loaded.teacher, loaded.student, graph, rows)
         fresh.passes = 0.0
-        chosen = {k: c.patched for k, c in best_per_step(menu(compiled.graph, order, fresh.kl)).items()}
-        out[order] = {"models_measured": fresh.measured, "forward_passes": round(fresh.passes, 2),
-                      "same_picks_as_the_table": chosen == {k: c.patched for k, c in picks[order].items()}}
+        chosen = run(fresh.kl)
+        out[name] = {"models_measured": fresh.measured, "forward_passes": round(fresh.passes, 2),
+                     "seconds": round(time.perf_counter() - start, 1),
+                     "same_picks_as_the_table": {k: c.patched for k, c in chosen.items()}
+                     == {k: c.patched for k, c in picks[name].items()}}
     return out
 
 
@@ -172,17 +209,34 @@ def _spearman(a, b) -> float:
 
 
 def markdown(result) -> str:
-    """Two tables: calibration KL / held-out perplexity (rank by KL within the step), and the picks."""
-    methods = [*ORDERS, "exhaustive", "heldout_oracle"]
-    lines = ["| step | models | " + " | ".join(methods) + " |", "|" + " ---: |" * (len(methods) + 2)]
+    """Tables: calibration KL / held-out perplexity (rank by KL within the step); the picks; each
+    method's cost; and, per size, where the additive model ranked the measured best."""
+    methods = [*METHODS, "heldout_oracle"]
+    names = [LABELS.get(m, m) for m in methods]
+    lines = ["| step | models | " + " | ".join(names) + " |", "|" + " ---: |" * (len(methods) + 2)]
     for k, step in result["steps"].items():
         cells = [f"{step[m]['kl']:.3f} / {step[m]['heldout_ppl']:.1f} (#{step[m]['kl_rank']})" for m in methods]
         lines.append(f"| {k} | {step['models']} | " + " | ".join(cells) + " |")
-    lines += ["", "| step | " + " | ".join(methods) + " |", "|" + " --- |" * (len(methods) + 1)]
+    lines += ["", "| step | " + " | ".join(names) + " |", "|" + " --- |" * (len(methods) + 1)]
     for k, step in result["steps"].items():
         cells = [f"{layers_text(step[m]['patched'])} ({step[m]['params'] / 1e6:.2f}M{'' if step[m]['tied'] else ' u'})"
                  for m in methods]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | models measured | forward passes | seconds | steps at the exhaustive best |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for m in METHODS:
+        cost = result["live"].get(m, {"models_measured": 0})
+        best = sum(step[m]["kl"] == step["exhaustive"]["kl"] for step in result["steps"].values())
+        lines.append(f"| {LABELS.get(m, m)} | {cost['models_measured']} | {cost.get('forward_passes', '-')} | "
+                     f"{cost.get('seconds', '-')} | {best} of {len(result['steps'])} |")
+    lines += ["", "| size | sets | the additive model's #1: predicted / measured "
+              "| the measured best: rank, predicted / measured |", "| --- | ---: | --- | --- |"]
+    for size in result["searches"]["optimal"]["sizes"]:
+        first, pick = size["candidates"][0], size["candidates"][size["pick_rank"] - 1]
+        lines.append(f"| {size['depth']} layers, {size['params'] / 1e6:.2f}M{'' if size['tied'] else ' u'} "
+                     f"(step {size['step']}) | {size['sets']} | {layers_text(first['patched'])}: "
+                     f"{first['predicted']:.3f} / {first['kl']:.3f} | {layers_text(pick['patched'])}: "
+                     f"#{size['pick_rank']}, {pick['predicted']:.3f} / {pick['kl']:.3f} |")
     return "\n".join(lines)
 
 

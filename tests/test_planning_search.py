@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import networkx as nx
 import pytest
 
 from surgery.arch import registry
@@ -118,3 +119,47 @@ def test_klpatch_follows_the_greedy_choice_not_the_optimum():
 def test_klpatch_breaks_ties_by_the_lowest_layer():
     chain = greedy.klpatch(3, lambda sets: [1.0 for _ in sets])
     assert [sorted(s) for s, _ in chain] == [[], [0], [0, 1], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_cheapest_sets_are_the_k_cheapest_of_every_size_by_brute_force(seed):
+    rng = random.Random(100 + seed)
+    lengths = [rng.choice([1, 2, 2, 3]) for _ in range(rng.randint(1, 8))]
+    graph = graph_of(lengths, tied=rng.random() < 0.5)
+    n, k = graph.n_student, rng.choice([1, 2, 3, 5, 40])
+    table = [{(b, p): rng.uniform(-1, 2) for b in ((None,) if i == 0 else (False, True)) for p in (False, True)}
+             for i in range(n)]
+    by_size: dict[tuple, list] = {}
+    for bits in itertools.product((False, True), repeat=n):
+        patched = frozenset(i for i in range(n) if bits[i])
+        size = graph.size(graph.assemble(patched))
+        key = (end_state(graph, patched)[0], graph.assemble(patched).depth, size.tied)
+        by_size.setdefault(key, []).append((path_cost(table, patched, n), sorted(patched)))
+
+    found = dag.cheapest_sets(graph, lambda i, before, p: table[i][(before, p)], k)
+    assert len(found) == len(by_size)  # one entry per distinct model size
+    for size in found:
+        first = size.cheapest[0].patched
+        key = (size.key[0], graph.assemble(first).depth, graph.size(graph.assemble(first)).tied)
+        everything = sorted(by_size[key])
+        assert size.count == len(everything)
+        assert [sorted(c.patched) for c in size.cheapest] == [p for _, p in everything[:k]]
+        assert [c.cost for c in size.cheapest] == pytest.approx([c for c, _ in everything[:k]], abs=1e-9)
+
+
+def test_cheapest_sets_agree_with_networkx_k_shortest_simple_paths():
+    graph = graph_of([2, 3, 2, 1, 2, 2], tied=True)
+    rng = random.Random(5)
+    table = [{(b, p): rng.uniform(0, 1) for b in ((None,) if i == 0 else (False, True)) for p in (False, True)}
+             for i in range(graph.n_student)]
+    cost = lambda i, before, p: table[i][(before, p)]  # noqa: E731
+    g = dag.build(graph, cost)
+    for size in dag.cheapest_sets(graph, cost, 4):
+        steps, added, tied = size.key
+        sink = ("size", size.key)
+        for end in [v for v in g if v != dag.SOURCE and v[0] == graph.n_student and v[1:3] == (steps, added)
+                    and (graph.tied and v[3] == v[4]) == tied]:
+            g.add_edge(end, sink, weight=0.0)
+        paths = itertools.islice(nx.shortest_simple_paths(g, dag.SOURCE, sink, weight="weight"), 4)
+        yen = [frozenset(i for i, (u, v) in enumerate(zip(p, p[1:-1])) if g.edges[u, v]["patched"]) for p in paths]
+        assert [c.patched for c in size.cheapest] == yen

@@ -37,7 +37,7 @@ def run(args) -> int:
 
 
 def _table(result) -> str:
-    from surgery.planning.plan import layers_text
+    from surgery.planning.plan import layers_text, optimal_report
     from surgery.recipe.units import format_bytes, format_count
 
     measured = any(e.kl is not None for e in result.steps)
@@ -58,6 +58,8 @@ def _table(result) -> str:
         c = result.calibration
         lines.append(f"KL per token on {c['rows']} x {c['seq']} calibration tokens ({c['text']}), {c['device']}, "
                      f"{c['passes']} forward passes")
+    if result.optimal:
+        lines += optimal_report(result.optimal)
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 - `plan`: menus of candidate models per order, size selection, the `Plan` that `surgery plan`
   prints and `surgery run` records.
-- `dag` + `costs`: the exact planner, a shortest path under an additive cost model.
+- `dag` + `costs`: the additive cost model and the k cheapest sets of every size under it.
+- `optimal`: `order optimal`, the model's cheapest sets of each size, measured, best kept.
 - `greedy`: KLPatch.
 - `measure` (torch): KL to the teacher of many patched models with shared prefixes.
 - `calibration`, `models` (torch): calibration rows; loading the teacher and student.

@@ -1,4 +1,4 @@
-"""The additive cost model the exact planner minimises, and the measurements it is built from.
+"""The additive cost model `optimal` ranks patched sets with, and the measurements it is built from.
 
 Write U for the student layers a model keeps (the blocks not patched) and K(U) for its KL to
 the teacher on the calibration data, so K(empty) = 0 (the teacher itself). The model is the

@@ -1,4 +1,5 @@
-"""The exact planner: a shortest path through a layered DAG of partial models.
+"""Exact searches over a layered DAG of partial models: the cheapest path, and the k cheapest
+sets, of every model size.
 
 A path picks, block by block, the student layer or the teacher block. A node is the state
 after the first i blocks: (i, patchable layers patched so far, layers added so far, the side of
@@ -80,3 +81,41 @@ def choices(graph: LayerGraph, cost: EdgeCost) -> list[Choice]:
         patched = frozenset(i for i, e in enumerate(edges) if e["patched"])
         out.append(Choice(patched, sum(e["cost"] for e in edges)))
     return sorted(out, key=lambda c: (len(c.patched), sorted(c.patched)))
+
+
+@dataclass(frozen=True)
+class SizeSets:
+    """The cheapest sets of one model size, in increasing cost, and how many sets that size has."""
+
+    key: tuple[int, int, bool]  # (patchable layers patched, layers added, tied head)
+    count: int
+    cheapest: tuple[Choice, ...]
+
+
+def cheapest_sets(graph: LayerGraph, cost: EdgeCost, k: int) -> list[SizeSets]:
+    """The k cheapest sets of every model size, exactly, with their unshifted costs.
+
+    A k-best search by dynamic programming over the DAG's layers: every node keeps the k
+    cheapest paths into it. That is exact because a node's future does not depend on how it was
+    reached, so a path among the k cheapest into an end node has a prefix among the k cheapest
+    into each node it crosses. An end state with at most k paths therefore gets all of them.
+    Ties in cost go to the lexicographically smaller set, so the result is deterministic.
+    """
+    dag = build(graph, cost)
+    best: dict = {SOURCE: [(0.0, ())]}
+    count: dict = {SOURCE: 1}
+    for u in nx.topological_sort(dag):
+        i = 0 if u == SOURCE else u[0]
+        for v, data in dag.succ[u].items():
+            extended = [(c + data["cost"], p + (i,) if data["patched"] else p) for c, p in best[u]]
+            best[v] = sorted(best.get(v, []) + extended)[:k]
+            count[v] = count.get(v, 0) + count[u]
+    sizes: dict[tuple, tuple[int, list]] = {}
+    for end in dag:
+        if end != SOURCE and end[0] == graph.n_student:
+            _, steps, added, first, last = end
+            key = (steps, added, graph.tied and first == last)
+            n, paths = sizes.get(key, (0, []))
+            sizes[key] = (n + count[end], paths + best[end])
+    return [SizeSets(key, n, tuple(Choice(frozenset(p), c) for c, p in sorted(paths)[:k]))
+            for key, (n, paths) in sorted(sizes.items())]

@@ -7,8 +7,8 @@ first, so its log-probabilities are ready when the first other model ends. Resul
 per patched set (the computation is deterministic), so a later call measures only new models.
 
 Measuring N models that share nothing costs N forward passes; models that share a prefix cost
-less. KLPatch's M(M+1)/2 candidates and the exact planner's 2M-1 probes share prefixes by
-construction.
+less. KLPatch's M(M+1)/2 candidates, and `optimal`'s 2M-1 probes and its candidates, share
+prefixes by construction.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ layers patched) and a score, lower being better:
 - `last_to_first`, `first_to_last`, an explicit list: one model per step; the schedule in
   `surgery.schedule` already picked the recipe's sizes from them (the most steps that fit).
 - `klpatch`: the greedy chain, scored by measured KL.
-- `optimal`: the cheapest model of every end state of the DAG, scored by the additive model.
+- `optimal`: the best measured set of every model size, among the cheapest sets under the
+  additive model (`optimal`), scored by measured KL.
 
 For a measured order, `sizes all` and patched counts take the best model of each step, and a
 `layers`/`params`/`bytes` target takes the best model that fits it.
@@ -21,7 +22,7 @@ from surgery import schedule
 from surgery.compile import Compiled
 from surgery.errors import SurgeryError
 from surgery.graph import LayerGraph
-from surgery.planning import costs, dag, greedy
+from surgery.planning import greedy, optimal
 from surgery.recipe.ast import Sizes
 
 SEQUENTIAL = ("last_to_first", "first_to_last")
@@ -34,7 +35,8 @@ Measure = Callable[[Sequence[frozenset[int]]], list[float]]
 class Candidate:
     patched: frozenset[int]
     step: int
-    score: float  # lower is better: KL, predicted cost, or -step for orders that measure nothing
+    score: float  # lower is better: KL, or -step for orders that measure nothing
+    predicted: float | None = None  # the additive model's cost (order `optimal`)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Plan:
     curves: dict[str, tuple[Entry, ...]] = field(default_factory=dict)  # order -> every step, measured
     calibration: dict | None = None  # rows, seq, device, forward passes spent
     note: str | None = None  # why nothing was measured
+    optimal: optimal.Search | None = None  # what `optimal` measured, where it ran
 
     def to_json(self) -> dict:
         return {
@@ -68,6 +71,7 @@ class Plan:
             "steps": [asdict(e) for e in self.steps],
             "curves": {name: [asdict(e) for e in entries] for name, entries in self.curves.items()},
             "calibration": self.calibration, "note": self.note,
+            "optimal": self.optimal.to_json() if self.optimal else None,
         }
 
 
@@ -94,17 +98,43 @@ def entry(graph: LayerGraph, patched, step: int, dtype: str, kl: float | None = 
                  size.tied, size.bytes(dtype), kl, predicted)
 
 
+def optimal_report(found: optimal.Search) -> list[str]:
+    """What `surgery plan` prints about `optimal`'s search: a header, then one line per size."""
+    head = (f"optimal measured {found.models} models: {found.probes} for the additive model, then the "
+            f"{found.candidates} cheapest sets of each size, or all of them where a size has at most "
+            f"{found.exhaustive}")
+    return [head] + [optimal_line(s) for s in found.sizes]
+
+
+def optimal_line(size: optimal.SizeSearch) -> str:
+    """One size in one line: how much of it was measured, the pick, and the model's rank of it."""
+    from surgery.recipe.units import format_count
+
+    shape = f"{size.depth} layers, {format_count(size.params)}{'' if size.tied else ' untied'} (step {size.step})"
+    scope = (f"{len(size.candidates)} of {size.sets} measured" if not size.exhaustive
+             else f"all {size.sets} sets measured" if size.sets > 1 else "its only set measured")
+    pick = size.pick
+    line = f"  {shape}: {scope}; pick {layers_text(pick.patched)}, KL {pick.kl:.4f}, the model's #{size.rank}"
+    if size.rank > 1:
+        first = size.candidates[0]
+        line += f"; its #1 {layers_text(first.patched)} measures {first.kl:.4f}"
+    return line
+
+
 # ---------------------------------------------------------------------- menus
 def menu(graph: LayerGraph, order, measure: Measure | None) -> list[Candidate]:
-    """Every model the order can give, with its step and score."""
+    """Every model the order can give, with its step and score (`optimal` with default settings)."""
     if order not in schedule.MEASURED_ORDERS:
         n = schedule.steps_available(graph, order)
         return [Candidate(schedule.assembly_for(graph, order, k).patched, k, -k) for k in range(n + 1)]
     if order == "klpatch":
         return [Candidate(s, schedule.step_of(graph, s), kl) for s, kl in greedy.klpatch(graph.n_student, measure)]
-    probes = costs.probes(graph.n_student)
-    model = costs.AdditiveCosts.from_measured(graph.n_student, dict(zip(probes, measure(probes))))
-    return [Candidate(c.patched, schedule.step_of(graph, c.patched), c.cost) for c in dag.choices(graph, model.edge)]
+    return searched(optimal.search(graph, measure))
+
+
+def searched(found: optimal.Search) -> list[Candidate]:
+    """`optimal`'s menu: the pick of every size, scored by its measured KL."""
+    return [Candidate(s.pick.patched, s.step, s.pick.kl, s.pick.predicted) for s in found.sizes]
 
 
 def best_per_step(candidates: list[Candidate]) -> dict[int, Candidate]:
@@ -138,9 +168,13 @@ def plan(compiled: Compiled, measure: Measure | None = None, compare: Sequence =
     graph, recipe, dtype = compiled.graph, compiled.recipe, compiled.emit_dtype
     order = recipe.patch.order
     menus: dict[str, list[Candidate]] = {}
+    found: list[optimal.Search] = []  # `optimal`'s evidence, once it has run
 
     def menu_of(o) -> list[Candidate]:
-        if label(o) not in menus:
+        if label(o) not in menus and o == "optimal":
+            found.append(optimal.search(graph, measure, recipe.patch.candidates, recipe.patch.exhaustive))
+            menus[o] = searched(found[0])
+        elif label(o) not in menus:
             menus[label(o)] = menu(graph, o, measure)
         return menus[label(o)]
 
@@ -150,7 +184,7 @@ def plan(compiled: Compiled, measure: Measure | None = None, compare: Sequence =
                                hint="it needs the teacher's and the distilled student's weights and calibration text")
         n = schedule.steps_available(graph, order)
         chosen = select(graph, menu_of(order), recipe.patch.sizes, dtype, n)
-        steps = [(c.patched, c.step, c.score if order == "optimal" else None) for c in chosen]
+        steps = [(c.patched, c.step, c.predicted) for c in chosen]
     else:
         steps = [(s.assembly.patched, s.k, None) for s in compiled.steps]
 
@@ -158,11 +192,11 @@ def plan(compiled: Compiled, measure: Measure | None = None, compare: Sequence =
     if measure is not None:
         for o in dict.fromkeys([*compare, order], None):
             per_step = best_per_step(menu_of(o))
-            curves[label(o)] = [(c.patched, k, c.score if o == "optimal" else None) for k, c in sorted(per_step.items())]
+            curves[label(o)] = [(c.patched, k, c.predicted) for k, c in sorted(per_step.items())]
 
     everything = [p for p, _, _ in steps] + [p for rows in curves.values() for p, _, _ in rows]
     kl = dict(zip(everything, measure(everything))) if measure is not None else {}
     build = lambda rows: tuple(entry(graph, p, k, dtype, kl.get(p), pred) for p, k, pred in rows)  # noqa: E731
     return Plan(str(recipe.path), label(order), dtype, build(steps),
-                {name: build(rows) for name, rows in curves.items()}, calibration, note)
+                {name: build(rows) for name, rows in curves.items()}, calibration, note, found[0] if found else None)
 

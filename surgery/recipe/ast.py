@@ -186,6 +186,8 @@ class Patch:
     order: OrderName | tuple[int, ...] = "last_to_first"
     sizes: Sizes = Sizes()
     calibration: Calibration | None = None
+    candidates: int = 8  # optimal: measure the additive model's cheapest N sets of each size
+    exhaustive: int = 64  # optimal: measure every set of a size that has at most N
     pos: Pos | None = dataclasses.field(default=None, compare=False)
 
 

@@ -648,10 +648,17 @@ class _Build(Transformer):
     # ------------------------------------------------------------------ patch
     def patch(self, meta, items):
         s = _collect("patch", items)
+        order = _one(s, "order", "last_to_first")
+        for name in ("candidates", "exhaustive"):
+            if name in s and order != "optimal":
+                raise SurgeryError(f"`{name}` applies to `order optimal`", pos=s[name][0].pos,
+                                   hint="remove it, or use `order optimal`")
         return ast.Patch(
-            order=_one(s, "order", "last_to_first"),
+            order=order,
             sizes=_one(s, "sizes", ast.Sizes()),
             calibration=_one(s, "calibration"),
+            candidates=_one(s, "candidates", ast.Patch.candidates),
+            exhaustive=_one(s, "exhaustive", ast.Patch.exhaustive),
             pos=_pos(meta),
         )
 
@@ -698,6 +705,12 @@ class _Build(Transformer):
 
     def calibration_seq(self, meta, items):
         return _Setting("seq", _int(items[0], "seq", 2), _pos(meta))
+
+    def candidates(self, meta, items):
+        return _Setting("candidates", _int(items[0], "candidates", 1), _pos(meta))
+
+    def exhaustive(self, meta, items):
+        return _Setting("exhaustive", _int(items[0], "exhaustive", 0), _pos(meta))
 
     # ------------------------------------------------------------------ emit
     def emit(self, meta, items):
