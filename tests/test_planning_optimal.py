@@ -134,7 +134,7 @@ def test_surgery_plan_records_the_evidence_and_prints_a_line_per_size(pair, caps
     recipe = write(d, "cli.boom", settings="candidates 2;exhaustive 3")
     assert main(["plan", str(recipe), "--out", str(d / "out"), "--device", "cpu", "--compare", "none"]) == 0
     printed = capsys.readouterr().out
-    evidence = json.loads((d / "out" / "plan.json").read_text())["optimal"]
+    evidence = json.loads((d / "out" / "schedule.json").read_text())["optimal"]
     assert (evidence["candidates"], evidence["exhaustive"]) == (2, 3)
     sizes = evidence["sizes"]
     assert sum(s["sets"] for s in sizes) == len(truth)

@@ -648,19 +648,13 @@ class _Build(Transformer):
     # ------------------------------------------------------------------ patch
     def patch(self, meta, items):
         s = _collect("patch", items)
-        order = _one(s, "order", "last_to_first")
+        order = _one(s, "order", _default(ast.Patch, "order"))
         for name in ("candidates", "exhaustive"):
             if name in s and order != "optimal":
                 raise SurgeryError(f"`{name}` applies to `order optimal`", pos=s[name][0].pos,
                                    hint="remove it, or use `order optimal`")
-        return ast.Patch(
-            order=order,
-            sizes=_one(s, "sizes", ast.Sizes()),
-            calibration=_one(s, "calibration"),
-            candidates=_one(s, "candidates", ast.Patch.candidates),
-            exhaustive=_one(s, "exhaustive", ast.Patch.exhaustive),
-            pos=_pos(meta),
-        )
+        return ast.Patch(pos=_pos(meta), **_given(s, order="order", sizes="sizes", calibration="calibration",
+                                                  candidates="candidates", exhaustive="exhaustive"))
 
     def order(self, meta, items):
         return _Setting("order", str(items[0]), _pos(meta))
