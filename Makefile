@@ -12,7 +12,7 @@ $(BIN)/surgery: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)" -e ".[eval,test,demo]"
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install test demo ablations
 install: $(BIN)/surgery
 
 test: install
@@ -21,3 +21,13 @@ test: install
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python scripts/demo_data.py
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/surgery run recipes/tiny.boom
+
+# The paper's claims on the tiny teacher (docs/ablations.md): four recipes, each in its own run
+# directory (a rerun skips the stages already done), then one figure and table. Not part of CI.
+ABLATIONS := demo random-init no-alignment paper
+ablations: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python scripts/demo_data.py
+	for name in $(ABLATIONS); do \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/surgery run recipes/ablations/$$name.boom || exit 1; \
+	done
+	$(BIN)/surgery compare $(ABLATIONS:%=recipes/ablations/%.boom) --out recipes/runs/ablations/compare
