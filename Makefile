@@ -12,7 +12,7 @@ $(BIN)/surgery: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)" -e ".[eval,test,demo,data]"
 	touch $@
 
-.PHONY: install test demo wheels
+.PHONY: install test demo ablations wheels
 install: $(BIN)/surgery
 
 test: install
@@ -31,3 +31,13 @@ wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl $(WHEELS)
+
+# The paper's claims on the tiny teacher (docs/ablations.md): four recipes, each in its own run
+# directory (a rerun skips the stages already done), then one figure and table. Not part of CI.
+ABLATIONS := demo random-init no-alignment paper
+ablations: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python scripts/demo_data.py
+	for name in $(ABLATIONS); do \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/surgery run recipes/ablations/$$name.boom || exit 1; \
+	done
+	$(BIN)/surgery compare $(ABLATIONS:%=recipes/ablations/%.boom) --out recipes/runs/ablations/compare

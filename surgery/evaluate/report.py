@@ -62,16 +62,18 @@ def summary(evaluation: dict) -> dict:
     if not evaluation.get("perplexity"):
         return {}
     models = ordered(evaluation)
-    ppl = [m["scores"]["perplexity"] for m in models]
-    gains = [1 - m["scores"]["perplexity"] / m["naive"]["scores"]["perplexity"]
-             for m in models if m["kind"] == "interpolated" and m.get("naive")]
+    # A model without a score (a record `surgery compare` reads may lack one) drops out of the checks.
+    ppl = [p for p in (value(m["scores"], "perplexity") for m in models) if p is not None]
+    pairs = [(value(m["scores"], "perplexity"), value((m.get("naive") or {}).get("scores"), "perplexity"))
+             for m in models if m["kind"] == "interpolated"]
+    gains = [1 - ours / naive for ours, naive in pairs if ours is not None and naive is not None]
     return {
         "perplexity_falls_with_size": all(b <= a * (1 + SMOOTH) for a, b in zip(ppl, ppl[1:])),
         "worst_gain_over_naive_pruning": min(gains) if gains else None,
     }
 
 
-def _fmt(v: float | None, metric: str) -> str:
+def format_score(v: float | None, metric: str) -> str:
     if v is None:
         return "—"
     return f"{v:.2f}" if metric == "perplexity" else f"{v:.3f}"
@@ -95,8 +97,8 @@ def markdown(evaluation: dict) -> str:
         patched = "all" if m["kind"] == "teacher" else ",".join(f"s{i}" for i in m["patched"]) or "none"
         cells = [m["name"], str(m["depth"]), patched, format_count(m["params"]), format_bytes(m["bytes"])]
         for metric in cols:
-            cells += [_fmt(value(m["scores"], metric), metric),
-                      _fmt(value((m.get("naive") or {}).get("scores"), metric), metric)]
+            cells += [format_score(value(m["scores"], metric), metric),
+                      format_score(value((m.get("naive") or {}).get("scores"), metric), metric)]
         lines.append("| " + " | ".join(cells) + " |")
     facts = summary(evaluation)
     if facts:
@@ -111,45 +113,86 @@ def markdown(evaluation: dict) -> str:
 
 def plot(evaluation: dict) -> bytes:
     """curve.png: one panel per metric, quality against parameters; black-and-white safe."""
+    plt = pyplot()
+    cols = metrics(evaluation)
+    fig, axes = plt.subplots(1, max(len(cols), 1), figsize=(5.2 * max(len(cols), 1), 4), squeeze=False)
+    for ax, metric in zip(axes[0], cols):
+        ours = curve(evaluation, metric)
+        draw_curve(ax, ours, label="student + interpolated (no training)")
+        draw_naive(ax, naive_curve(evaluation, metric), label="naive pruning (teacher, layers dropped)")
+        for kind in ("student", "teacher"):
+            draw_marks(ax, [(x, y) for x, y, k in ours if k == kind], kind, label=kind)
+        style_axis(ax, metric, metric_label(evaluation, metric))
+    fig.suptitle(f"Boomerang distillation: {Path(evaluation['recipe']).name}", fontsize=11)
+    return render(fig, "png")
+
+
+# The pieces of a curve plot; `surgery compare` draws several runs with them.
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curve(evaluation: dict, metric: str) -> list[tuple[float, float, str]]:
+    """(parameters in M, score, kind) of the student, the interpolated models and the teacher."""
+    points = [(m["params"] / 1e6, value(m["scores"], metric), m["kind"]) for m in ordered(evaluation)]
+    return [p for p in points if p[1] is not None]
+
+
+def naive_curve(evaluation: dict, metric: str) -> list[tuple[float, float]]:
+    """(parameters in M, score) of naive pruning at each size, ending at the teacher."""
+    points = [(m["params"] / 1e6, value((m.get("naive") or {}).get("scores"), metric)) for m in ordered(evaluation)]
+    points = [p for p in points if p[1] is not None]
+    # With no layers dropped, naive pruning is the teacher: the baseline curve ends there.
+    return points + [(x, y) for x, y, kind in curve(evaluation, metric) if kind == "teacher"] if points else []
+
+
+def draw_curve(ax, points, *, label: str, color="black", marker="o", linestyle="-") -> None:
+    ax.plot([p[0] for p in points], [p[1] for p in points], color=color, linestyle=linestyle, marker=marker,
+            markersize=5, label=label)
+
+
+def draw_naive(ax, points, *, label: str, color="0.45") -> None:
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=color, linestyle="--", marker="x",
+                markersize=6, label=label)
+
+
+MARKS = {"student": ("s", 9), "teacher": ("*", 14)}
+
+
+def draw_marks(ax, points, kind: str, *, label: str | None, color="black") -> None:
+    """Open markers over the curve: a square for the student, a star for the teacher. With no
+    points and a label, a legend entry alone."""
+    marker, size = MARKS[kind]
+    ax.plot([p[0] for p in points], [p[1] for p in points], linestyle="none", marker=marker, markersize=size,
+            markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.5, label=label)
+
+
+def style_axis(ax, metric: str, label: str) -> None:
     from matplotlib.ticker import FormatStrFormatter
 
-    cols = metrics(evaluation)
-    models = ordered(evaluation)
-    fig, axes = plt.subplots(1, max(len(cols), 1), figsize=(5.2 * max(len(cols), 1), 4), squeeze=False)
-    for ax, metric in zip(axes[0], cols):
-        ours = [(m["params"] / 1e6, value(m["scores"], metric), m["kind"]) for m in models]
-        ours = [p for p in ours if p[1] is not None]
-        ax.plot([p[0] for p in ours], [p[1] for p in ours], color="black", linestyle="-", marker="o",
-                markersize=5, label="student + interpolated (no training)")
-        naive = [(m["params"] / 1e6, value((m.get("naive") or {}).get("scores"), metric)) for m in models]
-        # With no layers dropped, naive pruning is the teacher: the baseline curve ends there.
-        naive += [(x, y) for x, y, kind in ours if kind == "teacher"]
-        naive = [p for p in naive if p[1] is not None]
-        if naive:
-            ax.plot([p[0] for p in naive], [p[1] for p in naive], color="0.45", linestyle="--", marker="x",
-                    markersize=6, label="naive pruning (teacher, layers dropped)")
-        for kind, marker, size in (("student", "s", 9), ("teacher", "*", 14)):
-            for x, y, k in ours:
-                if k == kind:
-                    ax.plot([x], [y], linestyle="none", marker=marker, markersize=size, markerfacecolor="white",
-                            markeredgecolor="black", markeredgewidth=1.5, label=kind)
-        if metric == "perplexity":
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.set_xlabel("parameters (M; an untied head counts apart from the embeddings)")
-        ax.set_ylabel(metric_label(evaluation, metric) + (" (lower is better)" if metric == "perplexity" else ""))
-        ax.grid(True, color="0.85", linewidth=0.6)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Boomerang distillation: {Path(evaluation['recipe']).name}", fontsize=11)
+    if metric == "perplexity":
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel("parameters (M; an untied head counts apart from the embeddings)")
+    ax.set_ylabel(label + (" (lower is better)" if metric == "perplexity" else ""))
+    ax.grid(True, color="0.85", linewidth=0.6)
+    ax.legend(fontsize=8)
+
+
+def render(fig, fmt: str) -> bytes:
+    """The figure as `fmt` ("png" or "svg") bytes; closes it."""
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
+    # No date in the SVG, so the same figure gives the same bytes.
+    fig.savefig(buf, format=fmt, dpi=130, **({"metadata": {"Date": None}} if fmt == "svg" else {}))
+    pyplot().close(fig)
     return buf.getvalue()
 
 
