@@ -55,8 +55,8 @@ import torch.nn.functional as F  # noqa: E402
 from surgery import arch as arch_registry  # noqa: E402
 from surgery import layout  # noqa: E402
 from surgery.distill import data, feed, losses, models, parallel, train  # noqa: E402
-from surgery.distill import plan as planning  # noqa: E402
-from surgery.distill.plan import Plan  # noqa: E402
+from surgery.distill import steps  # noqa: E402
+from surgery.distill.steps import StepSchedule  # noqa: E402
 from surgery.distill.train import Engine  # noqa: E402
 from surgery.graph import LayerGraph  # noqa: E402
 from surgery.recipe.ast import KeepRule, Loss, Optimizer  # noqa: E402
@@ -140,14 +140,16 @@ def attention_flops_per_token(graph: LayerGraph, shape: dict) -> float:
     return per_layer * (3 * graph.n_student + graph.n_teacher)
 
 
-def plan_for(graph: LayerGraph, shape: dict, micro_batch: int, device: str, ac: bool) -> Plan:
+def schedule_for(graph: LayerGraph, shape: dict, micro_batch: int, device: str, ac: bool) -> StepSchedule:
     gpu = device == "cuda"
-    return Plan(steps=10**6, seq=shape["seq"], batch=micro_batch, micro_batch=micro_batch, world=1, device=device,
-                precision="bf16" if gpu else "fp32", teacher_dtype="bf16" if gpu else "fp32", warmup=0,
-                schedule="constant", lr=1e-5, checkpoint_every=10**6, eval_every=10**6,
-                student_params=graph.size(graph.student).params, teacher_params=graph.size(graph.teacher).params,
-                hidden=shape["hidden_size"], intermediate=shape["intermediate_size"], vocab=shape["vocab_size"],
-                student_layers=graph.n_student, pairs=len(graph.aligned_pairs), activation_checkpointing=ac)
+    return StepSchedule(steps=10**6, seq=shape["seq"], batch=micro_batch, micro_batch=micro_batch, world=1,
+                        device=device,
+                        precision="bf16" if gpu else "fp32", teacher_dtype="bf16" if gpu else "fp32", warmup=0,
+                        schedule="constant", lr=1e-5, checkpoint_every=10**6, eval_every=10**6,
+                        student_params=graph.size(graph.student).params,
+                        teacher_params=graph.size(graph.teacher).params,
+                        hidden=shape["hidden_size"], intermediate=shape["intermediate_size"], vocab=shape["vocab_size"],
+                        student_layers=graph.n_student, pairs=len(graph.aligned_pairs), activation_checkpointing=ac)
 
 
 def optimizer_for(student, device: torch.device):
@@ -157,9 +159,9 @@ def optimizer_for(student, device: torch.device):
 
 def surgery_step(teacher, graph, shape, micro_batch, device, *, student_dtype=torch.float32, compile=False,
                  ac=False, backend="inductor", cudagraphs=False, cache: Path | None = None):
-    plan = plan_for(graph, shape, micro_batch, device.type, ac)
+    schedule = schedule_for(graph, shape, micro_batch, device.type, ac)
     student = build_student(teacher, graph, device, student_dtype)
-    engine = Engine(teacher, student, graph, models.Objective.from_recipe(LOSSES, graph), plan,
+    engine = Engine(teacher, student, graph, models.Objective.from_recipe(LOSSES, graph), schedule,
                     parallel.World(0, 1, 0, device), compile=compile, activation_checkpointing=ac,
                     compile_backend=backend, cudagraphs=cudagraphs)
     optimizer = optimizer_for(student, device)
@@ -169,7 +171,7 @@ def surgery_step(teacher, graph, shape, micro_batch, device, *, student_dtype=to
         def step():
             engine.step(next(batches)[0], optimizer, Optimizer().clip)
 
-        return step, plan.memory_total(), (engine, student, optimizer, batches)
+        return step, schedule.memory_total(), (engine, student, optimizer, batches)
     rows = [random_rows(micro_batch, shape["seq"], shape["vocab_size"], seed) for seed in range(4)]
     count = iter(range(10**9))
     pending = []
@@ -203,7 +205,7 @@ def surgery_step(teacher, graph, shape, micro_batch, device, *, student_dtype=to
 
     if engine.deferred:
         step.finish, step.sync_check = finish, sync_check
-    return step, plan.memory_total(), (engine, student, optimizer)
+    return step, schedule.memory_total(), (engine, student, optimizer)
 
 
 def baseline_step(teacher, graph, shape, micro_batch, device):
@@ -333,12 +335,12 @@ def check_head_loss(device):
     targets = torch.randint(0, vocab, (n,), generator=g).to(device)
     terms = (losses.HeadTerm("ce"), losses.HeadTerm("kl"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    saved, planning.CHUNK_ELEMENTS = planning.CHUNK_ELEMENTS, 100 * vocab  # several chunks: accumulation is checked
+    saved, steps.CHUNK_ELEMENTS = steps.CHUNK_ELEMENTS, 100 * vocab  # several chunks: accumulation is checked
     try:
         total, _ = losses.head_loss(losses.Head(h, w), losses.Head(ht, wt), targets, None, terms, (1 / n, 1 / n),
                                     dtype)
     finally:
-        planning.CHUNK_ELEMENTS = saved
+        steps.CHUNK_ELEMENTS = saved
     total.backward()
     got_h, got_w = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
@@ -431,29 +433,29 @@ def main() -> int:
     torch._dynamo.config.cache_size_limit = 64
 
     results = {}
-    plan = []
+    schedule = []
     for mb in args.micro_batches:
         if args.baseline:
-            plan.append(("baseline", mb, lambda mb=mb: baseline_step(teacher, graph, shape, mb, device), {}))
+            schedule.append(("baseline", mb, lambda mb=mb: baseline_step(teacher, graph, shape, mb, device), {}))
         if not args.paths:
-            plan.append(("surgery", mb, lambda mb=mb: surgery_step(teacher, graph, shape, mb, device,
+            schedule.append(("surgery", mb, lambda mb=mb: surgery_step(teacher, graph, shape, mb, device,
                                                                    cache=args.cache), {}))
     if args.extras:
         small, large = min(args.micro_batches), max(args.micro_batches)
-        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, cache=args.cache,
+        schedule.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, cache=args.cache,
                                                             student_dtype=torch.bfloat16), {"student": "pure bf16"}))
-        plan.append(("surgery", large, lambda: surgery_step(teacher, graph, shape, large, device, ac=True,
+        schedule.append(("surgery", large, lambda: surgery_step(teacher, graph, shape, large, device, ac=True,
                                                             cache=args.cache),
                      {"activation_checkpointing": True}))
-        plan.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, compile=True,
+        schedule.append(("surgery", small, lambda: surgery_step(teacher, graph, shape, small, device, compile=True,
                                                             cache=args.cache),
                      {"compile": True}))
     for mb in args.micro_batches if args.paths else ():
         for path in args.paths:
-            plan.append(("surgery", mb, lambda mb=mb, path=path: surgery_step(
+            schedule.append(("surgery", mb, lambda mb=mb, path=path: surgery_step(
                 teacher, graph, shape, mb, device, compile=PATHS[path], backend=backend,
                 cudagraphs=path == "step-cudagraphs"), {"path": path}))
-    for name, mb, make, extra in plan:
+    for name, mb, make, extra in schedule:
         if extra.get("path") == "step-cudagraphs" and not gpu:
             emit({"config": name, "micro_batch": mb, **extra, "skipped": "CUDA graphs need CUDA"})
             continue

@@ -47,9 +47,10 @@ def seven_layers():  # every other layer: 7 layers, a size step per two teacher 
 
 
 def run_dir(tmp_path, name, record):
+    """A run directory as the evaluate stage leaves it: RUN/evaluation/evaluation.json."""
     d = tmp_path / name
-    d.mkdir(parents=True)
-    (d / "evaluation.json").write_text(json.dumps(record))
+    (d / "evaluation").mkdir(parents=True)
+    (d / "evaluation" / "evaluation.json").write_text(json.dumps(record))
     return d
 
 
@@ -186,7 +187,7 @@ def test_a_run_with_no_evaluation_is_an_error_naming_it(tmp_path, capsys):
     with pytest.raises(SurgeryError) as raised:
         compare.load([str(good), str(tmp_path / "unscored")])
     unscored = tmp_path / "unscored"
-    assert raised.value.message == f"no evaluation for {unscored} (no {unscored / 'evaluation.json'})"
+    assert raised.value.message == f"no evaluation for {unscored} (no {unscored / 'evaluation' / 'evaluation.json'})"
     assert main(["compare", str(good), str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: no recipe or run directory {tmp_path / 'nowhere'}\n  hint: ")

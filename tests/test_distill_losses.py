@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from surgery.distill import losses, plan
+from surgery.distill import losses, steps
 from surgery.distill.losses import Head, HeadTerm
 
 TOKENS, HIDDEN, VOCAB = 37, 16, 50
@@ -50,7 +50,7 @@ CASES = [("ce", {}), ("kl", {}), ("kl", {"temperature": 2.0}), ("reverse_kl", {"
 @pytest.mark.parametrize("kind,args", CASES)
 @pytest.mark.parametrize("chunk_elements", [VOCAB * 8, 10**9])  # uneven chunks of 8 tokens; one chunk
 def test_head_term_matches_formula(kind, args, chunk_elements, monkeypatch):
-    monkeypatch.setattr(plan, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(steps, "CHUNK_ELEMENTS", chunk_elements)
     h, w, b, ht, wt, targets, valid = _inputs(bias=True)
     term = HeadTerm(kind, args.get("temperature", 1.0), args.get("beta", 0.5))
     total, sums = losses.head_loss(Head(h, w, b), Head(ht, wt), targets, valid, (term,), (0.7,))
@@ -75,7 +75,7 @@ def test_kl_is_the_authors_batchmean():
 
 
 def test_several_terms_share_one_pass(monkeypatch):
-    monkeypatch.setattr(plan, "CHUNK_ELEMENTS", VOCAB * 5)
+    monkeypatch.setattr(steps, "CHUNK_ELEMENTS", VOCAB * 5)
     h, w, _, ht, wt, targets, valid = _inputs(seed=3)
     terms = (HeadTerm("ce"), HeadTerm("kl", 2.0), HeadTerm("jsd", 1.0, 0.3))
     scales = (1.0 / 31, 0.1 / 32, 0.5 / 32)
@@ -92,7 +92,7 @@ def test_several_terms_share_one_pass(monkeypatch):
 
 
 def test_softcapped_logits(monkeypatch):
-    monkeypatch.setattr(plan, "CHUNK_ELEMENTS", VOCAB * 7)
+    monkeypatch.setattr(steps, "CHUNK_ELEMENTS", VOCAB * 7)
     h, w, _, ht, wt, targets, valid = _inputs(seed=4)
     cap = 3.0
     total, _ = losses.head_loss(Head(h, w, softcap=cap), Head(ht, wt, softcap=cap), targets, valid,
@@ -109,7 +109,7 @@ def test_softcapped_logits(monkeypatch):
 
 
 def test_without_grad_gives_the_same_sums(monkeypatch):
-    monkeypatch.setattr(plan, "CHUNK_ELEMENTS", VOCAB * 6)
+    monkeypatch.setattr(steps, "CHUNK_ELEMENTS", VOCAB * 6)
     h, w, _, ht, wt, targets, valid = _inputs(seed=5)
     terms = (HeadTerm("ce"), HeadTerm("reverse_kl"))
     with_grad = losses.head_loss(Head(h, w), Head(ht, wt), targets, valid, terms, (1.0, 1.0))[1]

@@ -196,7 +196,8 @@ def test_feed_reads_ahead_and_carries_the_position(tmp_path, teachers):
 def test_feed_raises_the_readers_error_in_the_training_thread(tmp_path, teachers):
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "a.txt").write_text(" ")
-    compiled, rows = _prepared(tmp_path, teachers("qwen3"), 'data text "e/*.txt"\nvalidation text "e/a.txt"\nseq 16\nsteps 1')
+    compiled, rows = _prepared(tmp_path, teachers("qwen3"),
+                               'data text "e/*.txt"\nvalidation text "e/a.txt"\nseq 16\nsteps 1')
     batches = feed.Feed(rows, 4, 5)
     with pytest.raises(SurgeryError, match='text "e/\\*.txt": no documents to train on'):
         next(batches)

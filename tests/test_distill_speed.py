@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from surgery.compile import compile_file
 from surgery.distill import data, losses, models, parallel
-from surgery.distill import plan as planning
+from surgery.distill import steps
 from surgery.distill.losses import IGNORE, Head, HeadTerm
 from surgery.distill.train import Engine
 from surgery.distill.train import run as distill_run
@@ -49,7 +49,7 @@ def _unfused(zs, zt, targets, valid, ce_weight, kl_weight, tau):
     (0.0, 1.0, 1.5, 0),  # CE weight 0
 ])
 def test_fused_head_loss_equals_unfused(ce_weight, kl_weight, tau, pad, compiled, monkeypatch):
-    monkeypatch.setattr(planning, "CHUNK_ELEMENTS", VOCAB * 8)  # uneven chunks of 8 tokens
+    monkeypatch.setattr(steps, "CHUNK_ELEMENTS", VOCAB * 8)  # uneven chunks of 8 tokens
     g = torch.Generator().manual_seed(pad)
     h = torch.randn(TOKENS, HIDDEN, generator=g).requires_grad_()
     w = (torch.randn(VOCAB, HIDDEN, generator=g) * 0.5).requires_grad_()
@@ -134,7 +134,7 @@ def test_distiller_equals_unfused_model_losses(tied, lengths, compiled, monkeypa
     against HF's full forward: the loss and every student parameter's gradient."""
     from surgery.recipe.ast import Loss
 
-    monkeypatch.setattr(planning, "CHUNK_ELEMENTS", 320 * 7)  # several chunks
+    monkeypatch.setattr(steps, "CHUNK_ELEMENTS", 320 * 7)  # several chunks
     tau = 2.0
     teacher, student, graph = _tiny_pair(tied)
     objective = models.Objective.from_recipe((Loss("ce", 1.0), Loss("kl", 0.1, temperature=tau),
@@ -189,11 +189,11 @@ def _engine(compiled, compile):
     """The engine of a compiled recipe, on CPU, and a fused AdamW (no host reads of its own)."""
     from surgery import source
 
-    plan = planning.make(compiled, 1, "cpu")
+    schedule = steps.make(compiled, 1, "cpu")
     teacher = models.load(source.weights_dir(compiled.teacher), torch.float32, torch.device("cpu"), False, "teacher")
     student = models.load(compiled.student_dir, torch.float32, torch.device("cpu"), False, "student")
     objective = models.Objective.from_recipe(compiled.recipe.distill.losses, compiled.graph)
-    engine = Engine(teacher, student, compiled.graph, objective, plan, parallel.World(0, 1, 0, torch.device("cpu")),
+    engine = Engine(teacher, student, compiled.graph, objective, schedule, parallel.World(0, 1, 0, torch.device("cpu")),
                     compile=compile, compile_backend=BACKEND)
     return engine, student, torch.optim.AdamW(student.parameters(), lr=1e-3, fused=True)
 
@@ -280,7 +280,8 @@ def test_compile_step_run_equals_compile_no(tmp_path, teachers, corpus, aot_eage
 def test_compile_step_names_the_first_non_finite_step(tmp_path, teachers, corpus, aot_eager):
     from surgery.distill import checkpoint
 
-    body = BODY.replace("lr 1e-3", "lr 1e30 weight_decay 0").replace("every 2 steps", "every 3 steps") + "compile step\n"
+    body = BODY.replace("lr 1e-3", "lr 1e30 weight_decay 0").replace("every 2 steps", "every 3 steps")
+    body += "compile step\n"
     compiled = _setup(tmp_path, teachers("qwen3"), corpus, body)
     with pytest.raises(SurgeryError, match=r"the loss is not finite at step 2 ") as err:
         distill_run(compiled, progress=False)

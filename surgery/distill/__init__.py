@@ -4,7 +4,7 @@
 
 Modules: `data` (corpus -> packed rows, streamed), `shards` (token caches: `surgery prepare`),
 `feed` (rows by position from the caches, batches on a background thread), `losses` (the loss
-terms), `models` (teacher, student, hidden-state capture), `plan` (what the distill block means
+terms), `models` (teacher, student, hidden-state capture), `schedule` (what the distill block means
 here), `parallel` (torch.distributed), `checkpoint` (atomic checkpoints and the final export),
 `progress` (progress bar and metrics.jsonl), `train` (the loop).
 """
@@ -20,7 +20,7 @@ def distill(compiled, *, dry_run: bool = False, progress: bool = True) -> Path:
     Resumes from the newest checkpoint in `<student_dir>.checkpoints/` when there is one. When
     training ends, the student directory holds the distilled student (HF safetensors, config,
     tokenizer, student_config.json); metrics go to `metrics.jsonl` beside it. With `dry_run`,
-    prints the plan (tokens, steps, memory estimate) and trains nothing.
+    prints the schedule (tokens, steps, memory estimate) and trains nothing.
     """
     from surgery.distill.train import run
 

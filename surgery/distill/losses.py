@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from surgery.distill.plan import chunk_tokens
+from surgery.distill.steps import chunk_tokens
 
 HEAD_KINDS = ("ce", "kl", "reverse_kl", "jsd")
 HIDDEN_KINDS = ("cosine", "mse")

@@ -67,7 +67,7 @@ def device_memory(world: World) -> int | None:
     return None
 
 
-def strategy(world: World, plan) -> str:
+def strategy(world: World, schedule) -> str:
     """'single', 'ddp' or 'fsdp' for the student."""
     if world.size == 1:
         return "single"
@@ -77,13 +77,13 @@ def strategy(world: World, plan) -> str:
             raise SurgeryError(f"SURGERY_DISTILL_STRATEGY={forced} is neither ddp nor fsdp")
         return forced
     memory = device_memory(world)
-    return "fsdp" if memory and 16 * plan.student_params > STUDENT_SHARE * memory else "ddp"
+    return "fsdp" if memory and 16 * schedule.student_params > STUDENT_SHARE * memory else "ddp"
 
 
-def shard_teacher(world: World, plan) -> bool:
+def shard_teacher(world: World, schedule) -> bool:
     memory = device_memory(world)
-    bytes_per = 4 if plan.teacher_dtype == "fp32" else 2
-    return world.size > 1 and memory is not None and bytes_per * plan.teacher_params > TEACHER_SHARE * memory
+    bytes_per = 4 if schedule.teacher_dtype == "fp32" else 2
+    return world.size > 1 and memory is not None and bytes_per * schedule.teacher_params > TEACHER_SHARE * memory
 
 
 def fully_shard_layers(module: torch.nn.Module, layers) -> None:

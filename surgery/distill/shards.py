@@ -146,14 +146,14 @@ def sources(compiled) -> list[Source]:
 def _hub_need(compiled, index: int) -> int:
     """Tokens of hub source `index` that the recipe reads: its share of the training rows, and
     enough for its share of the validation rows, each with a margin."""
-    from surgery.distill import plan as planning
+    from surgery.distill import steps
 
     d = compiled.recipe.distill
-    plan = planning.make(compiled, 1, "cpu")
+    schedule = steps.make(compiled, 1, "cpu")
     share = d.data[index].weight / sum(s.weight for s in d.data)
     fraction = d.validation.fraction if d.validation.text is None else 0.0
-    train = d.seq * (plan.steps * plan.batch * share * MARGIN + SLACK_ROWS) / (1 - fraction)
-    held = d.seq * plan.validation_rows(fraction) * share * MARGIN / fraction if fraction else 0
+    train = d.seq * (schedule.steps * schedule.batch * share * MARGIN + SLACK_ROWS) / (1 - fraction)
+    held = d.seq * schedule.validation_rows(fraction) * share * MARGIN / fraction if fraction else 0
     return math.ceil(max(train, held))
 
 

@@ -22,7 +22,7 @@ import torch
 
 from surgery import devices, durable, source
 from surgery.distill import checkpoint, data, feed, losses, models, parallel
-from surgery.distill import plan as planning
+from surgery.distill import steps
 from surgery.distill.progress import Reporter
 from surgery.dtypes import torch_dtype
 from surgery.errors import SurgeryError
@@ -48,7 +48,7 @@ def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: 
     recipe = compiled.recipe
     student_dir = compiled.student_dir
     if dry_run:
-        print(planning.dry_run(compiled))
+        print(steps.dry_run(compiled))
         return student_dir
     durable.recover(student_dir)
     if not (student_dir / "config.json").is_file():
@@ -56,10 +56,10 @@ def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: 
                            hint=f"run `surgery init-student {recipe.path}` first")
     d = recipe.distill
     device = devices.resolve(d.device if d is not None else "auto")
-    plan = planning.make(compiled, int(os.environ.get("WORLD_SIZE", "1")), device)
+    schedule = steps.make(compiled, int(os.environ.get("WORLD_SIZE", "1")), device)
     world = parallel.start(device)
     try:
-        return _train(compiled, plan, world, progress=progress, tensorboard=tensorboard, stop_after=stop_after)
+        return _train(compiled, schedule, world, progress=progress, tensorboard=tensorboard, stop_after=stop_after)
     finally:
         parallel.stop()
 
@@ -143,7 +143,7 @@ class Pending:
 class Engine:
     """The loaded models and the step and evaluation functions (shared with the benchmark)."""
 
-    def __init__(self, teacher_model, student_model, graph, objective: models.Objective, plan, world, *,
+    def __init__(self, teacher_model, student_model, graph, objective: models.Objective, schedule, world, *,
                  compile: bool | str = False, activation_checkpointing: bool = False, strategy: str = "single",
                  shard_teacher: bool = False, compile_backend: str = "inductor", cudagraphs: bool = False):
         """`compile`: False; True compiles each decoder layer; "step" compiles the teacher's and
@@ -151,7 +151,7 @@ class Engine:
         true: the loop should use `step_deferred`, which never waits for the device.
         `compile_backend` and `cudagraphs` (CUDA graphs for the whole-model graphs) are for
         tests and the benchmark."""
-        self.plan, self.world, self.strategy, self.objective = plan, world, strategy, objective
+        self.schedule, self.world, self.strategy, self.objective = schedule, world, strategy, objective
         self.deferred = compile == "step"
         forwards, chunk_fn = (models.base_forward, models.base_forward), losses.chunk_loss
         if activation_checkpointing:
@@ -169,8 +169,9 @@ class Engine:
         if shard_teacher:
             parallel.fully_shard_layers(teacher_model, models.layer_list(teacher_model, graph))
         self.teacher = models.Teacher(teacher_model, graph, models.teacher_indices(objective, graph), forwards[0])
-        precision = plan.precision
-        self.distiller = models.Distiller(student_model, graph, objective, torch_dtype(precision), forwards[1], chunk_fn)
+        precision = schedule.precision
+        self.distiller = models.Distiller(student_model, graph, objective, torch_dtype(precision), forwards[1],
+                                          chunk_fn)
         self.student = student_model.train()
         self.model = parallel.wrap(self.distiller, world, strategy, models.layer_list(student_model, graph),
                                    find_unused=not objective.head_terms)
@@ -230,19 +231,19 @@ class Engine:
         """Forward and backward passes over this process's share of `rows`, then the gradient
         clip: (this process's term sums, the gradient norm, targets, tokens), nothing read back
         from the device."""
-        plan, world = self.plan, self.world
+        schedule, world = self.schedule, self.world
         mine = rows.part(world.rank, world.size)
         n_targets, n_tokens = _counts(rows)
         # DDP and FSDP average gradients over processes; scale up so the average is the global sum.
         scales = self.objective.scales(n_targets, n_tokens, multiplier=world.size)
         sums = torch.zeros(len(self.objective.names), device=world.device)
-        for i in range(plan.accumulation):
-            part = mine[i * plan.micro_batch:(i + 1) * plan.micro_batch]
+        for i in range(schedule.accumulation):
+            part = mine[i * schedule.micro_batch:(i + 1) * schedule.micro_batch]
             batch = models.Batch.from_rows(part.tokens, part.lengths, world.device)
             if self.cudagraphs:  # a new iteration: the graphs' previous outputs are no longer read
                 torch.compiler.cudagraph_mark_step_begin()
             teacher_head, teacher_states = self.teacher(batch)
-            with parallel.gradient_sync(self.model, self.strategy, sync=i == plan.accumulation - 1):
+            with parallel.gradient_sync(self.model, self.strategy, sync=i == schedule.accumulation - 1):
                 with self.autocast:
                     loss, term_sums = self.model(batch, teacher_head, teacher_states, scales)
                 self.scaler.scale(loss).backward()
@@ -254,7 +255,7 @@ class Engine:
     @torch.no_grad()
     def evaluate(self, rows: data.Rows) -> dict:
         """Validation metrics over `rows` (split over processes): each term, the loss, perplexity."""
-        world, mb = self.world, self.plan.micro_batch
+        world, mb = self.world, self.schedule.micro_batch
         objective = self.objective.with_ce()
         n_targets, n_tokens = _counts(rows)
         ones = objective.scales(1, 1)
@@ -280,7 +281,7 @@ class Engine:
         return metrics
 
 
-def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_after: int | None) -> Path:
+def _train(compiled, schedule, world, *, progress: bool, tensorboard: bool, stop_after: int | None) -> Path:
     recipe, graph = compiled.recipe, compiled.graph
     d = recipe.distill
     student_dir = compiled.student_dir
@@ -292,16 +293,16 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
     teacher_dir = teacher_weights(compiled).directory  # every tensor checked before training starts
     trust = recipe.teacher.trust_remote_code
     rows_source = feed.open_rows(compiled, world)
-    validation = rows_source.validation(plan.validation_rows(d.validation.fraction if d.validation.text is None
+    validation = rows_source.validation(schedule.validation_rows(d.validation.fraction if d.validation.text is None
                                                              else None))
 
-    how = parallel.strategy(world, plan)
-    shard_teacher = parallel.shard_teacher(world, plan)
+    how = parallel.strategy(world, schedule)
+    shard_teacher = parallel.shard_teacher(world, schedule)
     load_on = torch.device("cpu") if how == "fsdp" else world.device
-    teacher_model = models.load(teacher_dir, torch_dtype(plan.teacher_dtype),
+    teacher_model = models.load(teacher_dir, torch_dtype(schedule.teacher_dtype),
                                 torch.device("cpu") if shard_teacher else world.device, trust, "teacher")
     student_model = models.load(student_dir, torch.float32, load_on, trust, "student")
-    engine = Engine(teacher_model, student_model, graph, models.Objective.from_recipe(d.losses, graph), plan, world,
+    engine = Engine(teacher_model, student_model, graph, models.Objective.from_recipe(d.losses, graph), schedule, world,
                     compile=d.compile, activation_checkpointing=d.activation_checkpointing, strategy=how,
                     shard_teacher=shard_teacher)
     optimizer = _optimizer(student_model, d.optimizer, world.device)
@@ -321,22 +322,23 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
         rows_source.load_state_dict(state["data"])
         step, tokens = state["step"], state["tokens"]
 
-    reporter = Reporter(student_dir.parent, plan.steps, step, resumed=last is not None, enabled=world.main,
+    reporter = Reporter(student_dir.parent, schedule.steps, step, resumed=last is not None, enabled=world.main,
                         bar=progress and sys.stderr.isatty(), tensorboard=tensorboard)
     if last is not None and retuned:
         reporter.say(f"note: resuming with a changed {', '.join(retuned)}")
     reporter.say(f"resuming from {last}" if last is not None else
-                 f"distilling {graph.n_teacher} -> {graph.n_student} layers: {plan.steps} steps on {plan.world} x "
-                 f"{plan.device} ({how}), {plan.precision}")
+                 f"distilling {graph.n_teacher} -> {graph.n_student} layers: {schedule.steps} steps on "
+                 f"{schedule.world} x "
+                 f"{schedule.device} ({how}), {schedule.precision}")
     reporter.say(f"data: {rows_source.describe}")
     final = None  # the latest validation metrics
     pending = []  # engine.deferred: (step, tokens, lr, step tokens, Pending, host time) not yet read
-    batches = feed.Feed(rows_source, plan.batch, plan.steps - step)
+    batches = feed.Feed(rows_source, schedule.batch, schedule.steps - step)
     try:
         if last is None:
             reporter.validation(0, engine.evaluate(validation))
-        while step < plan.steps:
-            lr = plan.lr_at(step)
+        while step < schedule.steps:
+            lr = schedule.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             rows, position = next(batches)
@@ -346,7 +348,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
                     n = int(rows.lengths.sum())
                     queued = engine.step_deferred(rows, optimizer, d.optimizer.clip)
                     pending.append((step + 1, tokens + n, lr, n, queued, time.perf_counter()))
-                    if len(pending) >= LOG_EVERY or stopping or _boundary(step + 1, plan):
+                    if len(pending) >= LOG_EVERY or stopping or _boundary(step + 1, schedule):
                         _report_pending(engine, pending, reporter)
                 else:
                     metrics, norm = engine.step(rows, optimizer, d.optimizer.clip)
@@ -358,22 +360,23 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
             tokens += int(rows.lengths.sum())
             if not engine.deferred:
                 reporter.step(step, tokens, {**metrics, "lr": lr, "grad_norm": norm}, int(rows.lengths.sum()))
-            if step % plan.eval_every == 0 or step == plan.steps:
+            if step % schedule.eval_every == 0 or step == schedule.steps:
                 final = engine.evaluate(validation)
                 reporter.validation(step, final)
                 reporter.pause()
-            if step % plan.checkpoint_every == 0 or step == plan.steps or stopping:
+            if step % schedule.checkpoint_every == 0 or step == schedule.steps or stopping:
                 if not checkpoint.finite(student_model):
                     raise _diverged(f"the weights are not finite after step {step}", root, step, recipe, world)
                 checkpoint.save(root, step, student_model, optimizer,
                                 {"tokens": tokens, "data": position, "fingerprint": mark}, world)
                 reporter.say(f"step {step}: checkpoint {root.name}/{checkpoint.PREFIX}{step:06d}")
                 reporter.pause()
-            if stopping and step < plan.steps:
+            if stopping and step < schedule.steps:
                 reporter.say(f"stopped after step {step}; rerun the same command to continue")
                 return student_dir
     except torch.OutOfMemoryError:
-        raise SurgeryError(f"out of {plan.device} memory at micro_batch {plan.micro_batch} x seq {plan.seq}",
+        raise SurgeryError(f"out of {schedule.device} memory at micro_batch {schedule.micro_batch} x seq "
+                           f"{schedule.seq}",
                            file=recipe.path, pos=d.pos,
                            hint=_resume_hint(root, "lower `micro_batch`, add `activation_checkpointing yes`, or "
                                                    "use more GPUs")) from None
@@ -381,7 +384,7 @@ def _train(compiled, plan, world, *, progress: bool, tensorboard: bool, stop_aft
         batches.close()
         reporter.close()
     final = final or engine.evaluate(validation)
-    summary = {"steps": plan.steps, "tokens": tokens, "validation": final, "fingerprint": mark,
+    summary = {"steps": schedule.steps, "tokens": tokens, "validation": final, "fingerprint": mark,
                "recipe": str(recipe.path)}
     export_dtype = student_config.get("dtype") or student_config.get("torch_dtype") or "float32"
     checkpoint.export(student_model, student_dir, getattr(torch, export_dtype), summary, world)
@@ -415,9 +418,9 @@ def _diverged(message: str, root: Path, step: int, recipe, world) -> SurgeryErro
                                                 "`lr`, `clip` or schedule) or check the data"))
 
 
-def _boundary(step: int, plan) -> bool:
+def _boundary(step: int, schedule) -> bool:
     """Whether the loop validates or checkpoints after `step`."""
-    return step % plan.eval_every == 0 or step % plan.checkpoint_every == 0 or step == plan.steps
+    return step % schedule.eval_every == 0 or step % schedule.checkpoint_every == 0 or step == schedule.steps
 
 
 def _report_pending(engine: Engine, pending: list, reporter: Reporter) -> None:

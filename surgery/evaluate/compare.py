@@ -1,6 +1,6 @@
 """Several runs as one figure and one table: `surgery compare` (docs/pipeline.md).
 
-It reads the evaluation record each run already wrote (`evaluation.json` in the run directory;
+It reads the evaluation record each run already wrote (`evaluation/evaluation.json` in the run directory;
 surgery.evaluate.report gives its schema) and never scores anything. A run is named by its
 recipe, resolved to its run directory as `surgery run` does, or by the directory itself.
 """
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from surgery.commands._output import write_atomic
+from surgery.durable import write_atomic
 from surgery.errors import SurgeryError
 from surgery.evaluate import report
 from surgery.recipe.units import format_count
@@ -58,16 +58,17 @@ def load(arguments: list[str]) -> list[Run]:
 
 def _record_paths(argument: str) -> tuple[list[Path], str]:
     """Where the evaluation record a recipe or a directory names would be, and the run's label."""
-    from surgery.pipeline import EVALUATION, run_dir
+    from surgery.stages import run_dir
+    from surgery.stages.evaluate import EVALUATION, in_run
 
     given = Path(argument)
     if given.is_dir():
         # A run directory, or a report folder (its results.json is the same record).
-        candidates, name = [given / EVALUATION, given / RESULTS], given.resolve().name
+        candidates, name = [in_run(given) / EVALUATION, given / RESULTS], given.resolve().name
     elif given.is_file():
         from surgery.compile import compile_file
 
-        candidates, name = [run_dir(compile_file(given)) / EVALUATION], given.stem
+        candidates, name = [in_run(run_dir(compile_file(given))) / EVALUATION], given.stem
     else:
         raise SurgeryError(f"no recipe or run directory {argument}",
                            hint="give .boom recipes or the run directories their evaluation.json is in")

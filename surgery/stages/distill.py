@@ -24,7 +24,7 @@ def run(ctx: Context, *, restart: bool = False, dry_run: bool = False, progress:
     student first (what `surgery run` does when the distill block changed). `dry_run` prints
     the plan (tokens, steps, memory) without importing torch, and stops."""
     if dry_run:
-        from surgery.distill.plan import dry_run as describe
+        from surgery.distill.steps import dry_run as describe
 
         print(describe(ctx.compiled))
         return ctx.compiled.student_dir

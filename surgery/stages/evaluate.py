@@ -20,7 +20,12 @@ EVALUATION = "evaluation.json"
 
 
 def directory(ctx: Context) -> Path:
-    return ctx.run_dir / "evaluation"
+    return in_run(ctx.run_dir)
+
+
+def in_run(run: Path) -> Path:
+    """The evaluation artifact's directory in a run directory."""
+    return Path(run) / "evaluation"
 
 
 def skip_reason(ctx: Context) -> str | None:

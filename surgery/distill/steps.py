@@ -1,4 +1,4 @@
-"""The training plan: what the `distill` block means on this machine, before anything loads.
+"""The distillation step schedule: what the `distill` block means on this machine, before anything loads.
 
 Steps, tokens, gradient accumulation, device and precision, the learning-rate schedule and a
 memory estimate per device. `--dry-run` prints it.
@@ -17,7 +17,7 @@ GiB = 2**30
 MAX_VALIDATION_ROWS = 256
 # Tokens per head-loss chunk (surgery.distill.losses): enough that one fp32 [chunk × vocab]
 # tensor holds about 2^27 floats (512 MB), whatever the vocabulary. A chunk's math keeps a
-# handful of those alive. It lives here, not beside the losses, so the plan needs no torch.
+# handful of those alive. It lives here, not beside the losses, so the schedule needs no torch.
 CHUNK_ELEMENTS = 2**27
 
 
@@ -26,7 +26,7 @@ def chunk_tokens(vocab: int) -> int:
 
 
 @dataclass(frozen=True)
-class Plan:
+class StepSchedule:
     steps: int
     seq: int
     batch: int  # rows per optimizer step, over all processes
@@ -114,8 +114,8 @@ class Plan:
 
 
 
-def make(compiled, world: int, device: str) -> Plan:
-    """The plan for a compiled recipe on `world` processes of kind `device`."""
+def make(compiled, world: int, device: str) -> StepSchedule:
+    """The schedule for a compiled recipe on `world` processes of kind `device`."""
     recipe = compiled.recipe
     d = recipe.distill
     where = dict(file=recipe.path)
@@ -135,7 +135,7 @@ def make(compiled, world: int, device: str) -> Plan:
     hidden = cfg.get("hidden_size") or cfg.get("n_embd")
     intermediate = cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden
     has_hidden_terms = any(x.kind in ("cosine", "mse") for x in d.losses)
-    return Plan(
+    return StepSchedule(
         steps=steps, seq=d.seq, batch=d.batch, micro_batch=d.micro_batch, world=world, device=device,
         precision="fp32" if device == "cpu" else d.precision,
         teacher_dtype="fp32" if device == "cpu" else recipe.teacher.dtype,
@@ -148,24 +148,26 @@ def make(compiled, world: int, device: str) -> Plan:
     )
 
 
-def describe(plan: Plan, compiled, sources: list[str], strategy: str) -> str:
+def describe(schedule: StepSchedule, compiled, sources: list[str], strategy: str) -> str:
     g = compiled.graph
     lines = [
-        f"teacher  {compiled.recipe.teacher.source}: {g.n_teacher} layers, {format_count(plan.teacher_params)} "
-        f"params, {plan.teacher_dtype}",
+        f"teacher  {compiled.recipe.teacher.source}: {g.n_teacher} layers, {format_count(schedule.teacher_params)} "
+        f"params, {schedule.teacher_dtype}",
         f"student  {compiled.student_dir}: {g.n_student} layers (kept {', '.join(map(str, g.kept))}), "
-        f"{format_count(plan.student_params)} params",
+        f"{format_count(schedule.student_params)} params",
         *[f"data     {s}" for s in sources],
-        f"tokens   {format_count(plan.tokens)} = {plan.steps} steps x {plan.batch} rows x {plan.seq} tokens",
-        f"batch    {plan.micro_batch} rows per micro-batch x {plan.accumulation} accumulation x {plan.world} "
-        f"process{'es' if plan.world > 1 else ''} ({strategy})",
-        f"device   {_DEVICE_TEXT.get(plan.device, plan.device)}, student {plan.precision}"
-        + (" autocast with fp32 master weights" if plan.precision != "fp32" else ""),
-        f"schedule {plan.schedule}, lr {plan.lr:g}, warmup {plan.warmup} steps; checkpoint every "
-        f"{plan.checkpoint_every} steps, validation every {plan.eval_every}",
-        f"memory   about {format_bytes(plan.memory_total(strategy == 'fsdp'))} per device (estimate):",
+        f"tokens   {format_count(schedule.tokens)} = {schedule.steps} steps x {schedule.batch} rows x "
+        f"{schedule.seq} tokens",
+        f"batch    {schedule.micro_batch} rows per micro-batch x {schedule.accumulation} accumulation x "
+        f"{schedule.world} "
+        f"process{'es' if schedule.world > 1 else ''} ({strategy})",
+        f"device   {_DEVICE_TEXT.get(schedule.device, schedule.device)}, student {schedule.precision}"
+        + (" autocast with fp32 master weights" if schedule.precision != "fp32" else ""),
+        f"schedule {schedule.schedule}, lr {schedule.lr:g}, warmup {schedule.warmup} steps; checkpoint every "
+        f"{schedule.checkpoint_every} steps, validation every {schedule.eval_every}",
+        f"memory   about {format_bytes(schedule.memory_total(strategy == 'fsdp'))} per device (estimate):",
     ]
-    lines += [f"           {name}: {format_bytes(n)}" for name, n in plan.memory(strategy == "fsdp").items()]
+    lines += [f"           {name}: {format_bytes(n)}" for name, n in schedule.memory(strategy == "fsdp").items()]
     return "\n".join(lines)
 
 
@@ -174,15 +176,15 @@ _DEVICE_TEXT = {"auto": "auto (cuda, else mps, else cpu, chosen when training st
 
 def dry_run(compiled) -> str:
     """What `surgery distill --dry-run` prints. Nothing is loaded, opened or downloaded, and torch
-    is not imported: the plan is for the recipe's `device` setting as written (`auto` is chosen
+    is not imported: the schedule is for the recipe's `device` setting as written (`auto` is chosen
     when training starts), local data globs are matched and hub data is named."""
     from surgery.distill.data import describe_sources
 
     recipe = compiled.recipe
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = make(compiled, world, recipe.distill.device if recipe.distill else "auto")
+    schedule = make(compiled, world, recipe.distill.device if recipe.distill else "auto")
     strategy = "single" if world == 1 else os.environ.get("SURGERY_DISTILL_STRATEGY", "ddp or fsdp")
-    lines = [describe(plan, compiled, describe_sources(recipe), strategy)]
+    lines = [describe(schedule, compiled, describe_sources(recipe), strategy)]
     if not (compiled.student_dir / "config.json").is_file():
         lines.append(f"note     no student in {compiled.student_dir} yet: "
                      f"run `surgery init-student {recipe.path}` first")
