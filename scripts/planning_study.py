@@ -31,7 +31,7 @@ from surgery.compile import compile_file, compile_recipe
 from surgery.errors import SurgeryError
 from surgery.planning import costs, dag, models, optimal
 from surgery.planning.calibration import token_rows
-from surgery.planning.plan import ORDERS, Candidate, best_per_step, layers_text, menu, searched
+from surgery.planning.choose import ORDERS, Candidate, best_per_step, layers_text, menu, searched
 from surgery.planning.plot import size_curves
 from surgery.recipe.ast import Calibration
 from surgery.schedule import step_of

@@ -19,7 +19,7 @@ from planning_student import save_student
 from surgery.cli import main
 from surgery.compile import compile_file
 from surgery.planning import costs, models
-from surgery.planning.plan import plan
+from surgery.planning.choose import choose
 from surgery.schedule import step_of
 
 TEACHER = Path(__file__).resolve().parents[1] / "recipes" / "assets" / "tiny-teacher"
@@ -76,7 +76,7 @@ def size_key(graph):
 
 def test_the_additive_models_best_is_not_the_measured_best_here(pair):
     d, measurer, truth = pair
-    found = plan(compile_file(write(d, "probe.boom", settings="exhaustive 64")), measurer.kl, compare=()).optimal
+    found = choose(compile_file(write(d, "probe.boom", settings="exhaustive 64")), measurer.kl, compare=()).optimal
     graph = compile_file(d / "r.boom").graph
     brute = best_by_brute_force(graph, truth, size_key(graph))
     wrong = [s for s in found.sizes if s.candidates[0].patched != brute[s.step, s.depth, s.tied]]
@@ -93,7 +93,7 @@ def test_reranking_only_still_returns_the_exhaustive_best(pair, candidates):
     settings = "exhaustive 0" + ("" if candidates == 8 else f";candidates {candidates}")
     compiled = compile_file(write(d, f"rerank-{candidates}.boom", settings=settings))
     graph = compiled.graph
-    result = plan(compiled, measurer.kl, compare=())
+    result = choose(compiled, measurer.kl, compare=())
     found = result.optimal
     assert (found.candidates, found.exhaustive) == (candidates, 0)
     assert not any(s.exhaustive for s in found.sizes)
@@ -114,7 +114,7 @@ def test_default_settings_equal_brute_force_on_a_five_block_student(pair):
     d, measurer, truth = pair
     compiled = compile_file(d / "r.boom")
     graph = compiled.graph
-    result = plan(compiled, measurer.kl, compare=())
+    result = choose(compiled, measurer.kl, compare=())
     found = result.optimal
     assert (found.candidates, found.exhaustive) == (8, 64)
     assert all(s.exhaustive for s in found.sizes)  # 32 sets, no size has more than 64

@@ -12,7 +12,7 @@ from surgery.arch import registry
 from surgery.graph import LayerGraph
 from surgery.layout import Block
 from surgery.planning import costs, dag, greedy
-from surgery.planning.plan import best_per_step, menu
+from surgery.planning.choose import best_per_step, menu
 
 
 def graph_of(lengths, tied=False) -> LayerGraph:

@@ -13,7 +13,7 @@ from tiny import config_for
 
 from surgery.compile import compile_file
 from surgery.errors import SurgeryError
-from surgery.planning.plan import plan
+from surgery.planning.choose import choose
 from surgery.schedule import size_of
 
 KEEP = "keep first 1 every 2 last 1"  # 6 layers: blocks [0,1] [2,3] [4] [5]; s0 and s1 are steps
@@ -75,7 +75,7 @@ def test_measured_orders_pick_the_best_model_that_fits_a_params_target(tmp_path)
 
     opt = recipe(tmp_path, tied=True, patch="order optimal\n" + patch)
     assert [s.k for s in opt.steps] == [1]  # the schedule's bound: some 1-step model fits
-    (chosen,) = plan(opt, measure, compare=()).steps
+    (chosen,) = choose(opt, measure, compare=()).steps
     n = opt.graph.n_student
     every = [frozenset(c) for r in range(n + 1) for c in itertools.combinations(range(n), r)]
     fitting = [s for s in every if params(opt, s) <= target]
@@ -86,7 +86,7 @@ def test_measured_orders_pick_the_best_model_that_fits_a_params_target(tmp_path)
 
     # KLPatch's chain goes student, {s1}, {s0, s1}, ...: the best of it that fits is {s1}.
     greedy = recipe(tmp_path, tied=True, patch="order klpatch\n" + patch)
-    (chosen,) = plan(greedy, measure, compare=()).steps
+    (chosen,) = choose(greedy, measure, compare=()).steps
     assert chosen.patched == (1,) and chosen.step == 1
 
 
@@ -96,7 +96,7 @@ def test_layers_target_with_uneven_blocks(tmp_path):
     c = recipe(tmp_path, tied=False, keep=keep,
                patch="order optimal\nsizes layers 4\ncalibration text \"c/*.txt\" seq 64")
     assert [s.k for s in c.steps] == [1]  # the last patchable block alone would give 5 layers
-    (chosen,) = plan(c, additive([1.0, 0.1, 3.0]), compare=()).steps
+    (chosen,) = choose(c, additive([1.0, 0.1, 3.0]), compare=()).steps
     assert chosen.depth == 4 and 0 in chosen.patched and 2 not in chosen.patched
 
     sequential = recipe(tmp_path, tied=False, keep=keep, patch="order last_to_first\nsizes layers 4")

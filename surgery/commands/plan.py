@@ -21,7 +21,7 @@ def run(args) -> int:
 
     from surgery.compile import compile_file
     from surgery.errors import SurgeryError
-    from surgery.planning.plan import ORDERS
+    from surgery.planning.choose import ORDERS
     from surgery.stages import Context, plan
 
     ctx = Context(compile_file(args.recipe), device=args.device)
@@ -37,7 +37,7 @@ def run(args) -> int:
 
 
 def _table(result) -> str:
-    from surgery.planning.plan import layers_text, optimal_report
+    from surgery.planning.choose import layers_text, optimal_report
     from surgery.recipe.units import format_bytes, format_count
 
     measured = any(e.kl is not None for e in result.steps)

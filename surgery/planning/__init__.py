@@ -1,7 +1,7 @@
 """Patch planning: which student layers to patch for each size.
 
-- `plan`: menus of candidate models per order, size selection, the `Plan` that `surgery plan`
-  prints and `surgery run` records.
+- `choose`: menus of candidate models per order, size selection, the `PatchSchedule` that
+  `surgery plan` prints and writes (schedule.json).
 - `dag` + `costs`: the additive cost model and the k cheapest sets of every size under it.
 - `optimal`: `order optimal`, the model's cheapest sets of each size, measured, best kept.
 - `greedy`: KLPatch.

@@ -38,7 +38,7 @@ def run(ctx: Context, *, compare=(), out: Path | None = None):
     """Plan the recipe's sizes; measure KL when the order needs it, or when `compare` names
     orders to draw and the weights are here. Returns (artifact, the planning result)."""
     from surgery.planning import models
-    from surgery.planning.plan import plan
+    from surgery.planning.choose import choose
 
     recipe = ctx.recipe
     note = models.missing(ctx.compiled) if measured(ctx) or compare else None
@@ -50,7 +50,7 @@ def run(ctx: Context, *, compare=(), out: Path | None = None):
         ctx.student()
         loaded = models.load(ctx.compiled, ctx.device)
         measure, info = loaded.measurer.kl, loaded.info
-    result = plan(ctx.compiled, measure, compare, info, note)
+    result = choose(ctx.compiled, measure, compare, info, note)
     if loaded is not None:
         info["passes"] = round(loaded.measurer.passes, 2)
     directory_ = Path(out) if out is not None else directory(ctx)

@@ -1,4 +1,4 @@
-"""Plan the patch schedule: which patched set each size gets, and how close each is to the teacher.
+"""PatchSchedule the patch schedule: which patched set each size gets, and how close each is to the teacher.
 
 Every order gives a menu of candidate models, each with the step it stands for (patchable
 layers patched) and a score, lower being better:
@@ -55,7 +55,7 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Plan:
+class PatchSchedule:
     recipe: str
     order: str
     dtype: str  # the emit dtype, for bytes
@@ -161,9 +161,9 @@ def select(graph: LayerGraph, candidates: list[Candidate], sizes: Sizes, dtype: 
     return sorted(unique, key=lambda c: (c.step, graph.size(graph.assemble(c.patched)).params))
 
 
-# ---------------------------------------------------------------------- the plan
-def plan(compiled: Compiled, measure: Measure | None = None, compare: Sequence = ORDERS,
-         calibration: dict | None = None, note: str | None = None) -> Plan:
+# ---------------------------------------------------------------------- the patch schedule
+def choose(compiled: Compiled, measure: Measure | None = None, compare: Sequence = ORDERS,
+         calibration: dict | None = None, note: str | None = None) -> PatchSchedule:
     """The recipe's schedule; with `measure`, KL for each model and a curve per compared order."""
     graph, recipe, dtype = compiled.graph, compiled.recipe, compiled.emit_dtype
     order = recipe.patch.order
@@ -197,6 +197,6 @@ def plan(compiled: Compiled, measure: Measure | None = None, compare: Sequence =
     everything = [p for p, _, _ in steps] + [p for rows in curves.values() for p, _, _ in rows]
     kl = dict(zip(everything, measure(everything))) if measure is not None else {}
     build = lambda rows: tuple(entry(graph, p, k, dtype, kl.get(p), pred) for p, k, pred in rows)  # noqa: E731
-    return Plan(str(recipe.path), label(order), dtype, build(steps),
+    return PatchSchedule(str(recipe.path), label(order), dtype, build(steps),
                 {name: build(rows) for name, rows in curves.items()}, calibration, note, found[0] if found else None)
 
