@@ -54,7 +54,7 @@ def sync_tree(directory: Path) -> None:
         for name in files:
             with open(os.path.join(root, name), "rb") as fh:
                 os.fsync(fh.fileno())
-        _sync_dir(Path(root))
+        sync_dir(Path(root))
 
 
 def swap_into_place(tmp: Path, out: Path, *, sync: bool = True) -> None:
@@ -68,7 +68,7 @@ def swap_into_place(tmp: Path, out: Path, *, sync: bool = True) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     if sync:
-        _sync_dir(out.parent)
+        sync_dir(out.parent)
     _remove(old)
 
 
@@ -91,7 +91,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -8,6 +8,19 @@ from pathlib import Path
 
 from tiny import CORPUS, write_recipe
 
+
+# The distill block the engine tests share: 6 steps of 4 rows of 32 tokens, checkpoints every 2.
+BODY = """
+data jsonl "{corpus}"
+validation 10%
+seq 32
+steps 6
+batch 4
+micro_batch 2
+optimizer adamw lr 1e-3
+checkpoint every 2 steps
+"""
+
 WORDS = CORPUS.split()
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import distill_support
 import pytest
 import torch
 from distill_support import distill_recipe, documents, jsonl_corpus, make_student
@@ -20,30 +21,15 @@ from surgery.compile import compile_file
 from surgery.distill import checkpoint, shards
 from surgery.distill.train import run as distill_run
 
-BODY = """
-data jsonl "{corpus}"
-validation 10%
-seq 32
-steps 6
-batch 4
-micro_batch 2
-optimizer adamw lr 1e-3
-checkpoint every 1 steps
-"""
+BODY = distill_support.BODY.replace("every 2 steps", "every 1 steps")
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    """A token cache of its own for this module, in this process and in the ones it starts."""
-    root = tmp_path_factory.mktemp("cache")
-    saved = os.environ.get("SURGERY_CACHE")
-    os.environ["SURGERY_CACHE"] = str(root)
-    yield {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    if saved is None:
-        del os.environ["SURGERY_CACHE"]
-    else:
-        os.environ["SURGERY_CACHE"] = saved
+def cache_env():
+    """The environment of the processes these tests start; the token cache is the session's
+    temporary one (tests/conftest.py), which they inherit."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from distill_support import distill_recipe, documents, jsonl_corpus, make_student
+from distill_support import BODY, distill_recipe, documents, jsonl_corpus, make_student
 from safetensors.torch import load_file
 
 from surgery.compile import compile_file
@@ -161,16 +161,6 @@ def test_distiller_equals_unfused_model_losses(tied, lengths, compiled, monkeypa
 
 # ----------------------------------------------------------------------------- the engine's step
 
-BODY = """
-data jsonl "{corpus}"
-validation 10%
-seq 32
-steps 6
-batch 4
-micro_batch 2
-optimizer adamw lr 1e-3
-checkpoint every 2 steps
-"""
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_support import distill_recipe, documents, jsonl_corpus, make_student
+from distill_support import BODY, distill_recipe, documents, jsonl_corpus, make_student
 from safetensors.torch import load_file
 
 from surgery.cli import main
@@ -21,16 +21,6 @@ from surgery.distill import checkpoint
 from surgery.distill.train import run as distill_run
 from surgery.errors import SurgeryError
 
-BODY = """
-data jsonl "{corpus}"
-validation 10%
-seq 32
-steps 6
-batch 4
-micro_batch 2
-optimizer adamw lr 1e-3
-checkpoint every 2 steps
-"""
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.durable import sync_dir
 from surgery.errors import SurgeryError
 
 FORMAT = 1  # bump when the shard layout or the encoding convention changes: it is in every key
@@ -328,7 +329,7 @@ def _run_pieces(directory: Path, manifest: dict, pieces, encoding: Encoding, wor
             raise SurgeryError(message, hint=hint)
         for suffix in (".tokens", ".docs.npy"):
             os.replace(directory / f".tmp-{name}{suffix}", directory / f"{name}{suffix}")
-        _sync_dir(directory)
+        sync_dir(directory)
         shard = {"name": name, "slots": result["slots"], "tokens": result["tokens"], "files": result["files"]}
         if "after" in piece:
             shard["after"] = piece["after"]
@@ -463,15 +464,7 @@ def _write_manifest(directory: Path, manifest: dict) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, directory / "manifest.json")
-    _sync_dir(directory)
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_dir(directory)
 
 
 class _Progress:
