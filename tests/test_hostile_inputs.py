@@ -310,6 +310,16 @@ CASES = [
          setup=lambda d: (d / "p.txt").write_text("to be or not to be\n"), needs=("real",)),
     Case("evaluate without an evaluate block", ["evaluate", "R"], r"r\.boom: error: the recipe has no `evaluate` block",
          HEAD + KEEP),
+    # -- prepare and compare
+    Case("prepare without a distill block", ["prepare", "R"],
+         r"r\.boom: error: the recipe has no `distill` block, so no data to prepare", HEAD + KEEP),
+    Case("prepare data that matches no file", ["prepare", "R"], r'r\.boom:9:10: error: no files match "x"',
+         DISTILL.replace('teacher "t"', 'teacher "real"').replace("keep 0, 2, 4", "keep first 1 every 2 last 1")
+         + "    seq 16\n}\n", needs=("real",)),
+    Case("compare a missing run", ["compare", "nowhere"], r"^error: no recipe or run directory nowhere", None),
+    Case("compare a run never evaluated", ["compare", "R"],
+         r"^error: no evaluation for r\.boom \(no .*run/evaluation/evaluation\.json\)",
+         HEAD.replace('"t"', '"real"') + 'student "run/student" {\n    keep first 1 every 2 last 1\n}\n', needs=("real",)),
     # -- outputs that cannot be written
     Case("audit -o into a missing folder", ["audit", "R", "-o", "no/such/a.md"],
          r"^error: cannot write no/such/a\.md: no/such does not exist", HEAD + KEEP),
