@@ -180,6 +180,8 @@ def _schedule(a, b) -> list[str]:
     if pa.sizes != pb.sizes:
         lines.append(f"sizes {sizes_text(pa.sizes)} -> {sizes_text(pb.sizes)}")
     lines += _walk(["calibration"], pa.calibration, pb.calibration)
+    lines += [f"{name} {getattr(pa, name)} -> {getattr(pb, name)}" for name in ("candidates", "exhaustive")
+              if getattr(pa, name) != getattr(pb, name)]
     steps_a = {s.k: _model(a, s) for s in a.steps}
     steps_b = {s.k: _model(b, s) for s in b.steps}
     removed = sorted(steps_a.keys() - steps_b.keys())

@@ -215,3 +215,11 @@ def test_diff_reports_a_bad_recipe_cleanly(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("b.boom:6:16: error: layer 9 is out of range")
     assert "Traceback" not in proc.stderr
+
+
+def test_diff_names_the_optimal_search_settings(tmp_path, capsys):
+    patch = 'patch {{\n    order optimal\n    calibration text "c.txt"\n{extra}}}\n'
+    old = BASE.split("patch {")[0] + patch.format(extra="")
+    new = BASE.split("patch {")[0] + patch.format(extra="    candidates 4\n    exhaustive 0\n")
+    out = _diff(capsys, tmp_path, old, new)
+    assert "  candidates 8 -> 4\n  exhaustive 64 -> 0\n" in out
