@@ -42,14 +42,11 @@ STEP_SIZE_FIELDS = {"optimizer": ("lr", "clip"), "schedule": ("kind", "warmup")}
 LOG_EVERY = 10
 
 
-def run(compiled, *, dry_run: bool = False, progress: bool = True, tensorboard: bool = False,
-        stop_after: int | None = None) -> Path:
-    """Distill the student of `compiled`; returns the student directory. See surgery.distill."""
+def run(compiled, *, progress: bool = True, tensorboard: bool = False, stop_after: int | None = None) -> Path:
+    """Distill the student of `compiled`; returns the student directory. See surgery.distill.
+    (`--dry-run` needs none of this module: surgery.distill.steps.dry_run.)"""
     recipe = compiled.recipe
     student_dir = compiled.student_dir
-    if dry_run:
-        print(steps.dry_run(compiled))
-        return student_dir
     durable.recover(student_dir)
     if not (student_dir / "config.json").is_file():
         raise SurgeryError(f"no student in {student_dir}", file=recipe.path, pos=recipe.student.pos,
