@@ -112,8 +112,8 @@ def test_hub_cache_lookup_agrees_with_huggingface_hub(tmp_path):
 
 
 def test_the_grammar_cache_lives_in_the_user_cache_directory(tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    env = {"SURGERY_CACHE": str(tmp_path)}
     for _ in range(2):  # the first run writes the cache, the second reads it
         codes, _ = probe(["check", "recipes/tiny.boom"], env=env)
         assert codes == [0]
-    assert [p.suffix for p in (tmp_path / "surgery").iterdir()] == [".lark"]
+    assert [p.suffix for p in (tmp_path / "grammar").iterdir()] == [".lark"]

@@ -133,3 +133,42 @@ def test_missing_lm_eval_is_a_clean_error(monkeypatch):
     with pytest.raises(SurgeryError, match="need lm-eval") as err:
         lmeval.require()
     assert "surgery[eval]" in err.value.hint
+
+
+def test_scores_are_shared_between_runs_by_model_content(setup, tmp_path, monkeypatch):
+    """Another recipe, in another folder, scoring a byte-identical copy of the model reads the
+    machine's shared cache: this is what lets several runs of one teacher score it once."""
+    import shutil
+
+    monkeypatch.setenv("SURGERY_CACHE", str(tmp_path / "shared"))
+    model_dir, first = setup
+    first = suite.Evaluator(first.recipe, ResultCache(), Digests(), device="cpu")
+    scores = first.score(model_dir).tasks["tiny_next_word"]
+    assert list((tmp_path / "shared" / "scores").iterdir()), "scores go to $SURGERY_CACHE/scores"
+
+    other = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "tasks", other / "tasks")
+    copy = shutil.copytree(model_dir, other / "model")
+    recipe = write_recipe(other / "r.boom", copy,
+                          extra='evaluate {\n    tasks tiny_next_word\n    tasks_path "tasks"\n    limit 8\n}')
+
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("lm-eval ran again for a model already scored")
+
+    monkeypatch.setattr(lmeval, "run_tasks", no_rerun)
+    second = suite.Evaluator(load(recipe), ResultCache(), Digests(), device="cpu")
+    assert second.score(copy).tasks["tiny_next_word"] == scores
+
+    # One changed byte in the weights is another model: scored afresh, never served the old score.
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(AssertionError, match="ran again"):
+        suite.Evaluator(load(recipe), ResultCache(), Digests(), device="cpu").score(copy)
+
+
+def test_a_score_names_the_device_kind_it_was_made_on(setup):
+    _, evaluator = setup
+    key = evaluator._key({"metric": "perplexity"})
+    assert key == {"metric": "perplexity", "device": "cpu"}

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.caches import cache_dir
 from surgery.durable import sync_dir
 from surgery.errors import SurgeryError
 
@@ -59,9 +60,7 @@ OPEN_FILES = 64  # shard files a reader keeps open
 
 
 def cache_root() -> Path:
-    base = os.environ.get("SURGERY_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "surgery")
-    return Path(base) / "tokens"
+    return cache_dir("tokens")
 
 
 # ----------------------------------------------------------------------------- sources and keys

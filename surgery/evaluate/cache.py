@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from surgery.caches import cache_dir
 from surgery.durable import write_atomic
 from surgery.fingerprint import canonical, digest_value
 
 
 class ResultCache:
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
+    """Scores on disk; by default in the machine's shared cache, so a teacher or a naive-pruning
+    model that several runs evaluate the same way is scored once."""
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = Path(directory) if directory is not None else cache_dir("scores")
 
     def _path(self, model: str, key: dict) -> Path:
         return self.directory / model[:16] / f"{digest_value(key)[:24]}.json"
@@ -27,7 +31,8 @@ class ResultCache:
             entry = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        return entry["result"] if entry.get("key") == canonical(key) else None
+        # The file name holds digest prefixes only: the entry itself must name this model and key.
+        return entry["result"] if entry.get("model") == model and entry.get("key") == canonical(key) else None
 
     def put(self, model: str, key: dict, result) -> None:
         path = self._path(model, key)

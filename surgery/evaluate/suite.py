@@ -79,9 +79,16 @@ class Evaluator:
             out["tasks_path"] = self.digests.tree(self.recipe.resolve(self.block.tasks_path))
         return out
 
+    def _key(self, key: dict) -> dict:
+        """`key` plus the device kind: a CPU scores in fp32, an accelerator in the stored dtype."""
+        from surgery import devices
+
+        return {**key, "device": devices.resolve(self.device)}
+
     def _perplexity_key(self) -> dict:
         p = self.block.perplexity
-        return {"metric": "perplexity", "seq": p.seq, "stride": p.stride, "text": self.digests.files(self.text_files)}
+        return self._key({"metric": "perplexity", "seq": p.seq, "stride": p.stride,
+                          "text": self.digests.files(self.text_files)})
 
     def _documents(self, directory: Path) -> list[list[int]]:
         from surgery.evaluate.perplexity import tokenize
@@ -115,7 +122,7 @@ class Evaluator:
             perplexity, tokens = found["perplexity"], found["tokens"]
         tasks = {}
         if self.tasks is not None:
-            keys = {name: self.tasks.key(name, self.block.limit, self.digests) for name in self.block.tasks}
+            keys = {name: self._key(self.tasks.key(name, self.block.limit, self.digests)) for name in self.block.tasks}
             for name, key in keys.items():
                 found = self.cache.get(model, key)
                 if found is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import re
 import unicodedata
 from functools import lru_cache
@@ -18,6 +17,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
+from surgery.caches import cache_dir
 from surgery.errors import Pos, SurgeryError, did_you_mean
 from surgery.recipe import ast
 from surgery.recipe.units import BYTES, COUNT, parse_number
@@ -55,7 +55,7 @@ def _grammar_cache(grammar: str) -> str | bool:
     In the user's cache directory rather than lark's default, /tmp, because the cache is a pickle
     that anyone could plant there; named by the grammar's hash, so versions do not overwrite it.
     """
-    directory = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "surgery"
+    directory = cache_dir("grammar")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: build the parser each time

@@ -1,6 +1,7 @@
 """evaluate: score the student, every emitted size and the teacher (and the naive-pruning
-baseline when asked) with the recipe's `evaluate` block. Scores are cached by model content,
-so a rerun, or a resumed interruption, computes only what is missing.
+baseline when asked) with the recipe's `evaluate` block. Scores are cached by model content in
+the machine's shared cache (surgery.caches), so a rerun, a resumed interruption, or another run
+with the same teacher computes only what is missing.
 
 The artifact is `RUN/evaluation/`: evaluation.json (the record surgery.evaluate.report
 renders; its docstring gives the schema) and the manifest.
@@ -49,7 +50,7 @@ def evaluator(ctx: Context):
     from surgery.evaluate.cache import ResultCache
     from surgery.evaluate.suite import Evaluator
 
-    return Evaluator(ctx.recipe, ResultCache(ctx.run_dir / "eval-cache"), ctx.digests, device=ctx.device)
+    return Evaluator(ctx.recipe, ResultCache(), ctx.digests, device=ctx.device)
 
 
 def lineup(ctx: Context):
