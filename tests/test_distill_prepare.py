@@ -179,26 +179,31 @@ def test_two_ranks_read_disjoint_rows_that_make_the_one_rank_stream(tmp_path, te
     assert np.array_equal(single.take(8).tokens, one.take(8).tokens)
 
 
-def test_feed_reads_ahead_and_carries_the_position(tmp_path, teachers):
+@pytest.mark.parametrize("ahead", [True, False], ids=["background thread", "in the step"])
+def test_feed_gives_the_rows_in_order_with_the_position(tmp_path, teachers, ahead):
     jsonl_corpus(tmp_path / "a.jsonl", documents(25, seed=1))
     compiled, rows = _prepared(tmp_path, teachers("qwen3"), 'data jsonl "a.jsonl"\nseq 16\nsteps 1')
     reference = feed.open_rows(compiled, ONE)
-    batches = feed.Feed(rows, 4, 5)
+    batches = feed.Feed(rows, 4, 5, ahead=ahead)
     try:
         for _ in range(5):
             got, position = next(batches)
             assert np.array_equal(got.tokens, reference.take(4).tokens)
             assert position == reference.state_dict()
+        if not ahead:
+            with pytest.raises(StopIteration):
+                next(batches)
     finally:
         batches.close()
 
 
-def test_feed_raises_the_readers_error_in_the_training_thread(tmp_path, teachers):
+@pytest.mark.parametrize("ahead", [True, False], ids=["background thread", "in the step"])
+def test_feed_raises_the_readers_error_in_the_training_thread(tmp_path, teachers, ahead):
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "a.txt").write_text(" ")
     compiled, rows = _prepared(tmp_path, teachers("qwen3"),
                                'data text "e/*.txt"\nvalidation text "e/a.txt"\nseq 16\nsteps 1')
-    batches = feed.Feed(rows, 4, 5)
+    batches = feed.Feed(rows, 4, 5, ahead=ahead)
     with pytest.raises(SurgeryError, match='text "e/\\*.txt": no documents to train on'):
         next(batches)
     batches.close()

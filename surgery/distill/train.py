@@ -330,7 +330,7 @@ def _train(compiled, schedule, world, *, progress: bool, tensorboard: bool, stop
     reporter.say(f"data: {rows_source.describe}")
     final = None  # the latest validation metrics
     pending = []  # engine.deferred: (step, tokens, lr, step tokens, Pending, host time) not yet read
-    batches = feed.Feed(rows_source, schedule.batch, schedule.steps - step)
+    batches = feed.Feed(rows_source, schedule.batch, schedule.steps - step, ahead=schedule.device != "cpu")
     try:
         if last is None:
             reporter.validation(0, engine.evaluate(validation))
