@@ -76,6 +76,8 @@ def _check_inputs(ctx: Context) -> dict:
 
 
 def _check(run: Run, resuming: bool) -> dict:
+    if evaluate.skip_reason(run.ctx) is None:  # found now, not after distillation
+        evaluate.evaluator(run.ctx).cache.require_writable()
     g = run.compiled.graph
     run.console.print(f"    {g.n_teacher} -> {g.n_student} layers, {len(g.patchable)} patch steps, "
                       f"{len(run.compiled.steps)} sizes")

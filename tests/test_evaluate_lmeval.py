@@ -172,3 +172,11 @@ def test_a_score_names_the_device_kind_it_was_made_on(setup):
     _, evaluator = setup
     key = evaluator._key({"metric": "perplexity"})
     assert key == {"metric": "perplexity", "device": "cpu"}
+
+
+def test_an_unwritable_score_cache_is_refused_before_scoring(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SURGERY_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SurgeryError, match=r"cannot write the score cache .*cache/scores") as err:
+        ResultCache().require_writable()
+    assert "SURGERY_CACHE" in err.value.hint

@@ -209,3 +209,12 @@ emit "run/models/{layers}L" {
         manifest = json.loads((tmp_path / "run" / "models" / f"{step['depth']}L" / "manifest.json").read_text())
         assert manifest["patched"] == step["patched"]
     assert statuses(run(recipe))["plan"] == "up to date"
+
+
+def test_an_unwritable_score_cache_stops_the_run_at_check(teacher, tmp_path, monkeypatch):
+    recipe = make_recipe(tmp_path, teacher)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SURGERY_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SurgeryError, match="cannot write the score cache"):
+        run(recipe)
+    assert not (tmp_path / "run" / "student").exists()  # refused before any work

@@ -8,10 +8,12 @@ so a re-emitted identical model reuses its scores and a changed one never does.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from surgery.caches import cache_dir
 from surgery.durable import write_atomic
+from surgery.errors import SurgeryError
 from surgery.fingerprint import canonical, digest_value
 
 
@@ -21,6 +23,17 @@ class ResultCache:
 
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory is not None else cache_dir("scores")
+
+    def require_writable(self) -> None:
+        """Refuse before any scoring, rather than after the first score, when the cache cannot be written."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            writable = os.access(self.directory, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:
+            raise SurgeryError(f"cannot write the score cache {self.directory}",
+                               hint="set SURGERY_CACHE to a writable folder")
 
     def _path(self, model: str, key: dict) -> Path:
         return self.directory / model[:16] / f"{digest_value(key)[:24]}.json"

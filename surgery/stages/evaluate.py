@@ -78,6 +78,7 @@ def run(ctx: Context, *, log=lambda event: None):
     require_block(ctx)
     ctx.student()
     scorer = evaluator(ctx)
+    scorer.cache.require_writable()
     entries = lineup(ctx)
     for e in entries:
         if not e.directory.is_dir():
