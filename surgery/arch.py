@@ -9,14 +9,14 @@ each model type what transformers assumes for config keys left out and every ten
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
+from surgery.caches import cache_dir
 from surgery.errors import SurgeryError
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "architectures"
@@ -96,16 +96,11 @@ class Architecture:
         return bool(tied)
 
 
-# libyaml's safe loader where installed: the pure-Python one takes 0.1 s over these files.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 @lru_cache(maxsize=1)
 def registry() -> dict[str, Architecture]:
     """model_type -> Architecture, for every entry in the registry folder."""
     out: dict[str, Architecture] = {}
-    for path in sorted(REGISTRY_DIR.glob("*.yaml")):
-        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+    for raw in _entries():
         arch = Architecture(
             name=raw["name"],
             model_types=tuple(raw["model_types"]),
@@ -125,6 +120,44 @@ def registry() -> dict[str, Architecture]:
         for model_type in arch.model_types:
             out[model_type] = arch
     return out
+
+
+def _entries() -> list[dict]:
+    """The registry files, parsed, in name order.
+
+    Importing and running yaml costs a tenth of `surgery check`, so the parsed entries are kept
+    as JSON in the cache, named by the files' names and bytes: an edited file is parsed again.
+    Entries that JSON would change (a non-string key, say) are not cached, only parsed.
+    """
+    paths = sorted(REGISTRY_DIR.glob("*.yaml"))
+    texts = [path.read_bytes() for path in paths]
+    digest = hashlib.sha256()
+    for path, text in zip(paths, texts):
+        digest.update(b"%s\0%d\0%s" % (path.name.encode(), len(text), text))
+    cached = cache_dir("registry") / f"architectures-{digest.hexdigest()[:16]}.json"
+    try:
+        return json.loads(cached.read_bytes())
+    except (OSError, ValueError):  # not cached yet, or unreadable: parse the files
+        pass
+    import yaml  # only here: see above
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's where installed: 10x faster
+    entries = [yaml.load(text, Loader=loader) for text in texts]
+    encoded = json.dumps(entries)
+    if json.loads(encoded) == entries:
+        _keep(cached, encoded)
+    return entries
+
+
+def _keep(path: Path, text: str) -> None:
+    """Write a cache file, or nothing where the cache cannot be written (it only saves time)."""
+    from surgery.durable import write_atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+    except (OSError, SurgeryError):
+        pass
 
 
 def for_config(config: dict, where: str = "the teacher config") -> Architecture:

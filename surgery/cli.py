@@ -16,19 +16,27 @@ from surgery import __version__
 from surgery.errors import SurgeryError, os_error
 
 
-def _command_modules():
+def _commands() -> dict[str, str]:
+    """Command name -> module name, for the modules in surgery/commands/ (listed, not imported)."""
     import surgery.commands as package
 
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if not info.name.startswith("_"):
-            yield info.name.replace("_", "-"), importlib.import_module(f"surgery.commands.{info.name}")
+    return {info.name.replace("_", "-"): info.name
+            for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name)
+            if not info.name.startswith("_")}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; or where `command` names one, of that one, the others by name
+    only, so that running a command imports one command module (a fifth of `surgery check`)."""
     parser = argparse.ArgumentParser(prog="surgery", description="Model surgery from .boom recipes.")
     parser.add_argument("--version", action="version", version=f"surgery {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in _command_modules():
+    commands = _commands()
+    for name, module_name in commands.items():
+        if command in commands and name != command:
+            sub.add_parser(name)
+            continue
+        module = importlib.import_module(f"surgery.commands.{module_name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
@@ -36,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # no global option takes a value
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except SurgeryError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,46 @@ def test_the_grammar_cache_lives_in_the_user_cache_directory(tmp_path):
         codes, _ = probe(["check", "recipes/tiny.boom"], env=env)
         assert codes == [0]
     assert [p.suffix for p in (tmp_path / "grammar").iterdir()] == [".lark"]
+
+
+def test_the_registry_cache_is_read_without_yaml_and_equals_the_yaml(tmp_path):
+    env = {"SURGERY_CACHE": str(tmp_path)}
+    probe(["check", "recipes/tiny.boom"], env=env)  # writes the cache
+    cached = list((tmp_path / "registry").iterdir())
+    assert [p.suffix for p in cached] == [".json"]
+    done = subprocess.run([sys.executable, "-c", "import sys; from surgery.cli import main; main(['check', "
+                           "'recipes/tiny.boom']); print('yaml' in sys.modules)"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
+    assert done.stdout.splitlines()[-1] == "False"
+
+    import yaml
+
+    from surgery import arch
+    parsed = [yaml.safe_load(p.read_text()) for p in sorted(arch.REGISTRY_DIR.glob("*.yaml"))]
+    assert json.loads(cached[0].read_text()) == parsed
+
+
+def test_an_edited_registry_file_is_parsed_again(tmp_path, monkeypatch):
+    import shutil
+
+    from surgery import arch
+    monkeypatch.setenv("SURGERY_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(arch.REGISTRY_DIR, tmp_path / "architectures")
+    monkeypatch.setattr(arch, "REGISTRY_DIR", tmp_path / "architectures")
+    assert arch._entries() == arch._entries()  # the second from the cache
+    llama = tmp_path / "architectures" / "llama.yaml"
+    llama.write_text(llama.read_text().replace("name: llama", "name: llama-edited", 1))
+    assert "llama-edited" in [entry["name"] for entry in arch._entries()]
+    assert len(list((tmp_path / "cache" / "registry").iterdir())) == 2
+
+
+def test_a_command_imports_its_own_module_and_help_lists_every_command():
+    from surgery.cli import _commands
+
+    done = subprocess.run([sys.executable, "-c", "import sys; from surgery.cli import main; main(['check', "
+                           "'recipes/tiny.boom']); print(sorted(m for m in sys.modules if m.startswith("
+                           "'surgery.commands.')))"], capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.splitlines()[-1] == "['surgery.commands.check']"
+    usage = subprocess.run([sys.executable, "-m", "surgery", "--help"], capture_output=True, text=True, cwd=ROOT)
+    listed = re.findall(r"^    (\S+)", usage.stdout, re.MULTILINE)  # a command's line, not its help's
+    assert listed == list(_commands()) and len(listed) == 13

@@ -61,6 +61,8 @@ class MapEntry:
 
 @dataclass(frozen=True)
 class LayerMap:
+    """`map { ... }`: each student layer's teacher block, written out."""
+
     entries: tuple[MapEntry, ...]
     pos: Pos | None = dataclasses.field(default=None, compare=False)
 
@@ -70,6 +72,8 @@ LayerSpec = KeepList | KeepRule | LayerMap
 
 @dataclass(frozen=True)
 class Teacher:
+    """The `teacher` block: the model the student is cut from."""
+
     source: str
     dtype: Dtype = "bf16"
     revision: str | None = None
@@ -79,6 +83,8 @@ class Teacher:
 
 @dataclass(frozen=True)
 class Student:
+    """The `student` block: where it is written, its layers and how they start."""
+
     path: str
     layers: LayerSpec
     init: Literal["teacher", "random"] = "teacher"
@@ -87,6 +93,8 @@ class Student:
 
 @dataclass(frozen=True)
 class DataSource:
+    """A `data` line of `distill`: one weighted source of training text."""
+
     kind: Literal["hf", "text", "jsonl"]
     path: str
     field: str = "text"
@@ -107,6 +115,8 @@ class Validation:
 
 @dataclass(frozen=True)
 class Optimizer:
+    """The `optimizer` line of `distill`."""
+
     name: Literal["adamw"] = "adamw"
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.95)
@@ -118,6 +128,8 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class Schedule:
+    """The `schedule` line of `distill`: the learning-rate shape."""
+
     kind: Literal["cosine", "linear", "constant"] = "cosine"
     warmup: float = 0.01  # a fraction of all steps when < 1, else a step count
     pos: Pos | None = dataclasses.field(default=None, compare=False)
@@ -125,6 +137,8 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Loss:
+    """A `loss` line of `distill`: one weighted term."""
+
     kind: Literal["ce", "kl", "reverse_kl", "jsd", "cosine", "mse"]
     weight: float
     temperature: float = 1.0
@@ -134,6 +148,8 @@ class Loss:
 
 @dataclass(frozen=True)
 class Distill:
+    """The `distill` block: data, losses and the training run."""
+
     data: tuple[DataSource, ...]
     validation: Validation = Validation(fraction=0.005)
     seq: int = 2048
@@ -175,6 +191,8 @@ class Sizes:
 
 @dataclass(frozen=True)
 class Calibration:
+    """The `calibration` line of `patch`: text for measured orders."""
+
     text: str
     samples: int = 64
     seq: int = 512
@@ -183,6 +201,8 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Patch:
+    """The `patch` block: which student layers are swapped for their teacher blocks, in what order."""
+
     order: OrderName | tuple[int, ...] = "last_to_first"
     sizes: Sizes = Sizes()
     calibration: Calibration | None = None
@@ -193,6 +213,8 @@ class Patch:
 
 @dataclass(frozen=True)
 class Emit:
+    """The `emit` block: where and how each size is written."""
+
     template: str
     dtype: Dtype = "bf16"
     shard: int = 5 * 10**9
@@ -201,6 +223,8 @@ class Emit:
 
 @dataclass(frozen=True)
 class Perplexity:
+    """The `perplexity` line of `evaluate`."""
+
     text: str
     seq: int = 512
     stride: int = 256
@@ -209,6 +233,8 @@ class Perplexity:
 
 @dataclass(frozen=True)
 class Evaluate:
+    """The `evaluate` block: what is scored, and where the report goes."""
+
     perplexity: Perplexity | None = None
     tasks: tuple[str, ...] = ()
     tasks_path: str | None = None
@@ -220,6 +246,8 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A whole `.boom` file."""
+
     path: Path  # the recipe file; relative paths inside resolve against its directory
     version: int
     teacher: Teacher
