@@ -27,6 +27,8 @@ MAX_LAYERS = 1024
 
 @dataclass(frozen=True)
 class Architecture:
+    """One family's layer layout, from its file in `architectures/`."""
+
     name: str
     model_types: tuple[str, ...]
     layers: str  # state-dict prefix of layer i, with `{i}`

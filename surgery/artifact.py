@@ -20,6 +20,8 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class Artifact:
+    """A stage's output directory and its `manifest.json`."""
+
     path: Path
     manifest: dict
 

@@ -23,6 +23,8 @@ PLACEHOLDERS = ("layers", "params", "patched")
 
 @dataclass(frozen=True)
 class Compiled:
+    """A recipe checked against its teacher: the layer graph and the patch schedule."""
+
     recipe: Recipe
     teacher: source.ModelSource
     graph: LayerGraph

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Dtype:
+    """One storage dtype under each of its names."""
+
     name: str  # as a recipe writes it
     bytes: int  # per element
     safetensors: str  # the safetensors header's name

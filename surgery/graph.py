@@ -43,6 +43,8 @@ def node(side: str, what: str | int) -> str:
 
 @dataclass(frozen=True)
 class LayerRef:
+    """A layer of the teacher or the student."""
+
     side: str  # TEACHER or STUDENT
     index: int  # layer index in that model
 

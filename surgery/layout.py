@@ -14,6 +14,8 @@ from surgery.recipe.ast import KeepList, KeepRule, LayerMap, LayerSpan, LayerSpe
 
 @dataclass(frozen=True)
 class Block:
+    """A student layer and the run of teacher layers it stands for."""
+
     student: int  # the student layer standing for this block
     teacher: tuple[int, ...]  # the teacher layers of the block, in order
 

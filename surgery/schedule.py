@@ -22,6 +22,8 @@ MEASURED_ORDERS = ("klpatch", "optimal")
 
 @dataclass(frozen=True)
 class Step:
+    """One step of the patch schedule: the model after `k` patches."""
+
     k: int  # patch steps taken
     assembly: Assembly | None  # None for measured orders until they are planned
 

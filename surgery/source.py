@@ -22,6 +22,8 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 
 @dataclass(frozen=True)
 class ModelSource:
+    """Where a model was found, and its config.json."""
+
     spec: str  # as written in the recipe
     config: dict
     origin: str  # "local" | "hf-cache" | "bundled" | "hub"

@@ -161,3 +161,11 @@ def test_a_command_imports_its_own_module_and_help_lists_every_command():
     usage = subprocess.run([sys.executable, "-m", "surgery", "--help"], capture_output=True, text=True, cwd=ROOT)
     listed = re.findall(r"^    (\S+)", usage.stdout, re.MULTILINE)  # a command's line, not its help's
     assert listed == list(_commands()) and len(listed) == 13
+
+
+def test_lark_is_imported_without_regex_and_regex_still_imports_afterwards():
+    done = subprocess.run([sys.executable, "-c", "import sys; import surgery.recipe.parse; import lark.utils; "
+                           "loaded = 'regex' in sys.modules; import regex; "
+                           "print(loaded, lark.utils._has_regex, regex.fullmatch(r'\\p{L}+', 'layer') is not None)"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.split() == ["False", "False", "True"], done.stderr

@@ -10,18 +10,30 @@ import dataclasses
 import hashlib
 import math
 import re
+import sys
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
-
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from surgery.caches import cache_dir
 from surgery.errors import Pos, SurgeryError, did_you_mean
 from surgery.recipe import ast
 from surgery.recipe.units import BYTES, COUNT, parse_number
 from surgery.source import expand_user
+
+# lark imports the third-party `regex` module whenever it is installed (transformers installs it),
+# though it needs it only for `Lark(regex=True)` and Unicode-category terminals, which boom.lark
+# does not use. That import is a tenth of `surgery check`, so lark is imported with `regex`
+# hidden; whatever imports `regex` afterwards gets the real module.
+_HIDE_REGEX = "regex" not in sys.modules
+if _HIDE_REGEX:
+    sys.modules["regex"] = None  # makes `import regex` raise ImportError
+try:
+    from lark import Lark, Token, Transformer, v_args
+    from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+finally:
+    if _HIDE_REGEX:
+        del sys.modules["regex"]
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "boom.lark"
 
