@@ -45,7 +45,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = next((arg for arg in argv if not arg.startswith("-")), None)  # no global option takes a value
+    # The command comes first: the only global options (--help, --version) print and exit.
+    command = argv[0] if argv else None
     args = build_parser(command).parse_args(argv)
     try:
         return int(args._run(args) or 0)

@@ -158,9 +158,11 @@ def test_a_command_imports_its_own_module_and_help_lists_every_command():
                            "'recipes/tiny.boom']); print(sorted(m for m in sys.modules if m.startswith("
                            "'surgery.commands.')))"], capture_output=True, text=True, cwd=ROOT)
     assert done.stdout.splitlines()[-1] == "['surgery.commands.check']"
-    usage = subprocess.run([sys.executable, "-m", "surgery", "--help"], capture_output=True, text=True, cwd=ROOT)
-    listed = re.findall(r"^    (\S+)", usage.stdout, re.MULTILINE)  # a command's line, not its help's
-    assert listed == list(_commands()) and len(listed) == 13
+    for argv in (["--help"], ["-h", "check"]):
+        usage = subprocess.run([sys.executable, "-m", "surgery", *argv], capture_output=True, text=True, cwd=ROOT)
+        # A command, then its help on the same line or the next: one without help swallows the next command.
+        listed = re.findall(r"^    (\S+)\s+\S", usage.stdout, re.MULTILINE)
+        assert listed == list(_commands()) and len(listed) == 13, argv
 
 
 def test_lark_is_imported_without_regex_and_regex_still_imports_afterwards():
