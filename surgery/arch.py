@@ -136,17 +136,20 @@ def _entries() -> list[dict]:
     digest = hashlib.sha256()
     for path, text in zip(paths, texts):
         digest.update(b"%s\0%d\0%s" % (path.name.encode(), len(text), text))
-    cached = cache_dir("registry") / f"architectures-{digest.hexdigest()[:16]}.json"
+    key = digest.hexdigest()
+    cached = cache_dir("registry") / f"architectures-{key[:16]}.json"
     try:
-        return json.loads(cached.read_bytes())
-    except (OSError, ValueError):  # not cached yet, or unreadable: parse the files
+        kept = json.loads(cached.read_bytes())
+        if kept["digest"] == key:
+            return kept["entries"]
+    except (OSError, ValueError, TypeError, KeyError):  # not cached yet, or unreadable: parse the files
         pass
     import yaml  # only here: see above
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's where installed: 10x faster
     entries = [yaml.load(text, Loader=loader) for text in texts]
-    encoded = json.dumps(entries)
-    if json.loads(encoded) == entries:
+    encoded = json.dumps({"digest": key, "entries": entries})
+    if json.loads(encoded)["entries"] == entries:
         _keep(cached, encoded)
     return entries
 

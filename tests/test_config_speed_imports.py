@@ -134,7 +134,7 @@ def test_the_registry_cache_is_read_without_yaml_and_equals_the_yaml(tmp_path):
 
     from surgery import arch
     parsed = [yaml.safe_load(p.read_text()) for p in sorted(arch.REGISTRY_DIR.glob("*.yaml"))]
-    assert json.loads(cached[0].read_text()) == parsed
+    assert json.loads(cached[0].read_text())["entries"] == parsed
 
 
 def test_an_edited_registry_file_is_parsed_again(tmp_path, monkeypatch):
@@ -148,7 +148,13 @@ def test_an_edited_registry_file_is_parsed_again(tmp_path, monkeypatch):
     llama = tmp_path / "architectures" / "llama.yaml"
     llama.write_text(llama.read_text().replace("name: llama", "name: llama-edited", 1))
     assert "llama-edited" in [entry["name"] for entry in arch._entries()]
-    assert len(list((tmp_path / "cache" / "registry").iterdir())) == 2
+    kept = sorted((tmp_path / "cache" / "registry").iterdir(), key=lambda p: "llama-edited" in p.read_text())
+    assert len(kept) == 2 and "llama-edited" in kept[1].read_text()
+    # A cache file that is not the one its name promises (cut short, or of other files) is not read.
+    kept[1].write_text(kept[0].read_text())
+    assert "llama-edited" in [entry["name"] for entry in arch._entries()]
+    kept[1].write_text(kept[1].read_text()[:100])
+    assert "llama-edited" in [entry["name"] for entry in arch._entries()]
 
 
 def test_a_command_imports_its_own_module_and_help_lists_every_command():
