@@ -27,7 +27,7 @@ def _commands() -> dict[str, str]:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command; or where `command` names one, of that one, the others by name
-    only, so that running a command imports one command module (a fifth of `surgery check`)."""
+    only, so that running a command imports one command module (a tenth of `surgery check`)."""
     parser = argparse.ArgumentParser(prog="surgery", description="Model surgery from .boom recipes.")
     parser.add_argument("--version", action="version", version=f"surgery {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

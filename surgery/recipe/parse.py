@@ -23,7 +23,7 @@ from surgery.source import expand_user
 
 # lark imports the third-party `regex` module whenever it is installed (transformers installs it),
 # though it needs it only for `Lark(regex=True)` and Unicode-category terminals, which boom.lark
-# does not use. That import is a tenth of `surgery check`, so lark is imported with `regex`
+# does not use. That import costs 15-20 ms of `surgery check`, so lark is imported with `regex`
 # hidden; whatever imports `regex` afterwards gets the real module.
 _HIDE_REGEX = "regex" not in sys.modules
 if _HIDE_REGEX:

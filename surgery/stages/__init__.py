@@ -52,7 +52,7 @@ class Context:
 
     @cached_property
     def console(self):
-        """The console, made when first used: importing rich costs a fifth of a `surgery build`."""
+        """The console, made when first used: importing rich costs a tenth of a `surgery build`'s start."""
         if self.given_console is not None:
             return self.given_console
         from rich.console import Console
