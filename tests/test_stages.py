@@ -68,6 +68,22 @@ def test_plan_then_emit_emits_the_planned_sizes(recipe, capsys):
         [s["depth"] for s in planned]
 
 
+def test_emit_counts_its_models_on_the_console(recipe):
+    import io
+
+    from rich.console import Console
+
+    from surgery.stages import Context, emit
+
+    assert main(["plan", str(recipe), "--compare", "none", "--device", "cpu"]) == 0
+    screen = io.StringIO()
+    made = emit.run(Context(compile_file(recipe), Console(file=screen, force_terminal=True, width=100)))
+    models = made.manifest["outputs"]["models"]
+    last = compile_file(recipe).graph.assemble(models[-1]["patched"]).name
+    assert len(models) == 3
+    assert f"emit {last}" in screen.getvalue() and "3/3" in screen.getvalue()
+
+
 def test_build_names_a_size_of_the_plan_by_step_or_depth(recipe, tmp_path, capsys):
     assert main(["build", str(recipe), "--step", "2", "--out", str(tmp_path / "x")]) == 1
     assert "no plan output at" in _err(capsys)

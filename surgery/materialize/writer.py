@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -102,12 +103,17 @@ def init_student(compiled, *, force: bool = False) -> Path:
     return _run(job, force)
 
 
-def emit(compiled, *, force: bool = False) -> list[Path]:
-    """Every step of `compiled.steps` (the plan's, for a measured order), into the recipe's emit template."""
+def emit(compiled, *, force: bool = False, each=lambda name: nullcontext()) -> list[Path]:
+    """Every step of `compiled.steps` (the plan's, for a measured order), into the recipe's emit
+    template; `each(name)` is a context around each model's writing (a progress display)."""
     if compiled.recipe.emit is None:
         raise SurgeryError("the recipe has no `emit` block", file=compiled.recipe.path,
                            hint='add e.g. `emit "runs/models/{layers}L" { dtype bf16 }`')
-    return [write_model(compiled, assembly, out, force=force) for assembly, out in outputs.emit_paths(compiled)]
+    made = []
+    for assembly, out in outputs.emit_paths(compiled):  # every path checked before the first write
+        with each(assembly.name):
+            made.append(write_model(compiled, assembly, out, force=force))
+    return made
 
 
 def _default_shard(compiled) -> int:

@@ -16,6 +16,7 @@ inputs still match.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -80,6 +81,24 @@ class Context:
         from surgery.source import weights_dir
 
         return weights_dir(self.compiled.teacher)
+
+    @contextmanager
+    def counter(self, verb: str, total: int):
+        """A bar on the console, cleared when done, for work done one model at a time: in
+        `with ctx.counter("emit", n) as each:`, `with each(name):` wraps each model."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=True) as bar:
+            task = bar.add_task(verb, total=total)
+
+            @contextmanager
+            def each(name: str):
+                bar.update(task, description=f"{verb} {name}")
+                yield
+                bar.advance(task)
+
+            yield each
 
     # ---------------------------------------------------------------- digests of what stages read
     def recipe_sha256(self) -> str:

@@ -55,7 +55,8 @@ def run(ctx: Context, *, force: bool = False):
     teacher_weights(ctx.compiled)  # the teacher's files first: every model reads them
     if any(uses_student(s.assembly) for s in steps):
         ctx.student()
-    made = emit(dataclasses.replace(ctx.compiled, steps=steps), force=force)
+    with ctx.counter("emit", len(steps)) as each:
+        made = emit(dataclasses.replace(ctx.compiled, steps=steps), force=force, each=each)
     models = [{"step": s.k, "patched": sorted(s.assembly.patched), "dir": str(path),
                "files": ctx.digests.model_dir(path)} for s, path in zip(steps, made)]
     return ctx.write_artifact(directory(ctx), NAME, inputs(ctx, steps), models=models)

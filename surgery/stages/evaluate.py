@@ -71,8 +71,6 @@ def inputs(ctx: Context) -> dict:
 
 def run(ctx: Context, *, log=lambda event: None):
     """Score the line-up and write the evaluation record; `log` receives one event per model."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from surgery.evaluate.lineup import evaluation_record
 
     require_block(ctx)
@@ -95,14 +93,11 @@ def run(ctx: Context, *, log=lambda event: None):
     jobs = [(e.name, e.directory) for e in entries] + [(f"{e.name} (naive pruning)", e.naive)
                                                         for e in entries if e.naive is not None]
     scores = {}
-    with Progress(TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=ctx.console, transient=True) as bar:
-        task = bar.add_task("evaluate", total=len(jobs))
+    with ctx.counter("evaluate", len(jobs)) as each:
         for name, model_dir in jobs:
-            bar.update(task, description=f"evaluate {name}")
-            scores[model_dir] = scorer.score(model_dir).as_dict()
+            with each(name):
+                scores[model_dir] = scorer.score(model_dir).as_dict()
             log({"stage": NAME, "model": name, "dir": str(model_dir), **scores[model_dir]})
-            bar.advance(task)
     record = evaluation_record(ctx.compiled, entries, scores, scorer)
     out = directory(ctx)
     out.mkdir(parents=True, exist_ok=True)
