@@ -85,11 +85,12 @@ class Context:
     @contextmanager
     def counter(self, verb: str, total: int):
         """A bar on the console, cleared when done, for work done one model at a time: in
-        `with ctx.counter("emit", n) as each:`, `with each(name):` wraps each model."""
+        `with ctx.counter("emit", n) as each:`, `with each(name):` wraps each model. Only on a
+        terminal: in a log it would leave a blank line, before an error's one line too."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=self.console, transient=True) as bar:
+                      console=self.console, transient=True, disable=not self.console.is_terminal) as bar:
             task = bar.add_task(verb, total=total)
 
             @contextmanager
