@@ -35,6 +35,16 @@ class Compiled:
         return self.recipe.resolve(self.recipe.student.path)
 
     @property
+    def run_dir(self) -> Path:
+        """Where the recipe's run keeps its artifacts: the parent of its student directory."""
+        return self.student_dir.parent
+
+    @property
+    def report_dir(self) -> Path:
+        block = self.recipe.evaluate
+        return self.recipe.resolve(block.report) if block and block.report else self.run_dir / "report"
+
+    @property
     def emit_dtype(self) -> str:
         return self.recipe.emit.dtype if self.recipe.emit else self.recipe.teacher.dtype
 
@@ -133,10 +143,12 @@ def _placeholders(emit) -> set[str]:
 def _check_paths(compiled: Compiled) -> None:
     outputs.check_student(compiled)
     emit = compiled.recipe.emit
-    if emit is None:
-        return
-    fields = _placeholders(emit)
-    if len(compiled.steps) > 1 and not fields:
-        raise SurgeryError(f"the emit path has no placeholder, but {len(compiled.steps)} sizes are emitted",
-                           pos=emit.pos, hint='add one, e.g. "runs/models/{layers}L"')
-    outputs.emit_paths(compiled)
+    emitted = []
+    if emit is not None:
+        fields = _placeholders(emit)
+        if len(compiled.steps) > 1 and not fields:
+            raise SurgeryError(f"the emit path has no placeholder, but {len(compiled.steps)} sizes are emitted",
+                               pos=emit.pos, hint='add one, e.g. "runs/models/{layers}L"')
+        emitted = [path for _, path in outputs.emit_paths(compiled)]
+    if compiled.recipe.evaluate is not None:
+        outputs.check_report(compiled, emitted)

@@ -57,6 +57,42 @@ def check_student(compiled, also: tuple[tuple[str, Path], ...] = ()) -> Path:
     return out
 
 
+def check_report(compiled, emitted=()) -> Path:
+    """The report directory, resolved, or a SurgeryError at the `evaluate` block. The report is
+    written as a whole directory, like a model, so it may not be or hold what the recipe reads or
+    an emit path, nor be inside the student's directory or a model; inside the run directory, where
+    the stages keep their outputs, it is the `report` folder. One already there must be surgery's."""
+    pos, file = compiled.recipe.evaluate.pos, compiled.recipe.path
+    out = _check(resolved(compiled.report_dir), _guarded(compiled, tuple(("emit path", p) for p in emitted)),
+                 compiled, "the report directory", pos)
+    for model in emitted:
+        if model in out.parents:
+            raise SurgeryError(f"the report directory {out} is inside the emit path {model}", file=file, pos=pos,
+                               hint="write it into a directory of its own")
+    run = compiled.run_dir.resolve()
+    if run in out.parents and out != run / "report":
+        raise SurgeryError(f"the report directory {out} is inside the run directory {run}, where the stages keep "
+                           "their outputs", file=file, pos=pos,
+                           hint=f"leave `report` out to use {run / 'report'}, or name a folder outside {run}")
+    check_report_replaceable(out, file=file, pos=pos)
+    return out
+
+
+def check_report_replaceable(out: Path, *, file: Path | None = None, pos: Pos | None = None) -> None:
+    """Refuse a report directory that is there and is neither empty nor a report surgery wrote."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and not out.is_symlink():
+        found = artifact.read(out)
+        if (found is not None and found.stage == "report") or not any(out.iterdir()):
+            return
+        what = "a folder surgery did not write"
+    else:
+        what = "a symbolic link" if out.is_symlink() else "a file"
+    raise SurgeryError(f"the report directory {out} is {what}, and the report replaces it whole", file=file, pos=pos,
+                       hint="name a new or empty folder in `report`")
+
+
 def check_replaceable(out: Path) -> None:
     """Refuse to replace `out` unless surgery made it (`--force` never deletes anything else)."""
     if not artifact.made_by_surgery(out):

@@ -31,7 +31,7 @@ from surgery.compile import Compiled
 from surgery.errors import SurgeryError
 from surgery.fingerprint import canonical, digest_bytes, digest_value
 from surgery.schedule import Step
-from surgery.stages import Context, distill, emit, evaluate, init_student, plan, prepare, report, report_dir
+from surgery.stages import Context, distill, emit, evaluate, init_student, plan, prepare, report
 
 STAGES = ("check", "init-student", "prepare", "distill", "plan", "emit", "evaluate", "report")
 STATE, RUN_RECORD, METRICS = "state.json", "run.yaml", "metrics.jsonl"
@@ -185,7 +185,7 @@ def run_pipeline(compiled: Compiled, *, start: str | None = None, force: bool = 
         write_run_record(run)
         run.save()
     took = f"done in {time.monotonic() - started:.1f}s"
-    run.console.print(took if evaluate.skip_reason(run.ctx) else f"{took}; report in {report_dir(compiled)}")
+    run.console.print(took if evaluate.skip_reason(run.ctx) else f"{took}; report in {compiled.report_dir}")
     return run
 
 
@@ -228,7 +228,7 @@ def write_run_record(run: Run) -> None:
         "recipe": {"path": str(c.recipe.path), "sha256": digest_bytes(c.recipe.path.read_bytes()),
                    "resolved": canonical(dataclasses.replace(c.recipe, path=str(c.recipe.path)))},
         "paths": {"run": str(run.dir), "teacher": str(c.teacher.directory or c.teacher.spec),
-                  "student": str(c.student_dir), "report": str(report_dir(c))},
+                  "student": str(c.student_dir), "report": str(c.report_dir)},
         "teacher": {"source": c.teacher.spec, "origin": c.teacher.origin, "layers": g.n_teacher,
                     "params": g.size(g.teacher).params, "config_sha256": digest_value(c.teacher.config)},
         "layer_map": [{"student": b.student, "teacher": list(b.teacher), "init": b.init, "patchable": b.patchable}

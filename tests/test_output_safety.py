@@ -57,6 +57,40 @@ def test_dangerous_emit_paths_are_refused_at_check_with_the_line(tmp_path, capsy
     assert line.startswith(f"{recipe}:11:1: error: " + message.format(d=tmp_path)), line
 
 
+# The evaluate block opens on line 14, after the one-size emit block (lines 11-12) and a blank line.
+EMIT_M = 'emit "out/m" {\n}\n\n'
+
+
+@pytest.mark.parametrize("report_path, message", [
+    (".", "the report directory {d} holds the recipe ({d}/r.boom)"),
+    ("t", "the report directory is the teacher's directory ({d}/t)"),
+    ("run", "the report directory {d}/run holds the student's directory ({d}/run/student)"),
+    ("run/student/report", "the report directory {d}/run/student/report is inside the student's directory"),
+    ("out", "the report directory {d}/out holds the emit path ({d}/out/m)"),
+    ("out/m/report", "the report directory {d}/out/m/report is inside the emit path {d}/out/m"),
+    ("run/evaluation", "the report directory {d}/run/evaluation is inside the run directory {d}/run"),
+    ("mine", "the report directory {d}/mine is a folder surgery did not write, and the report replaces it whole"),
+    ("afile", "the report directory {d}/afile is a file"),
+])
+def test_dangerous_report_paths_are_refused_at_check_with_the_line(tmp_path, capsys, report_path, message):
+    recipe = write(tmp_path, HEAD + STUDENT + ONE_SIZE + EMIT_M +
+                   f'evaluate {{\n    perplexity text "t/*.txt"\n    report "{report_path}"\n}}\n')
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("mine")
+    (tmp_path / "afile").write_text("mine")
+    line = _error(capsys, ["check", str(recipe)])
+    assert line.startswith(f"{recipe}:14:1: error: " + message.format(d=tmp_path)), line
+    assert (tmp_path / "mine" / "notes.md").read_text() == "mine" and (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("report_path", ["run/report", "elsewhere/report", "empty"])
+def test_a_new_or_empty_report_directory_and_the_default_are_accepted(tmp_path, capsys, report_path):
+    (tmp_path / "empty").mkdir()
+    recipe = write(tmp_path, HEAD + STUDENT + ONE_SIZE + EMIT_M +
+                   f'evaluate {{\n    perplexity text "t/*.txt"\n    report "{report_path}"\n}}\n')
+    assert main(["check", str(recipe)]) == 0
+
+
 @pytest.mark.parametrize("student_path, message", [
     ("", "the student directory {d} holds the recipe"),
     ("..", "the student directory {d.parent} holds the recipe"),

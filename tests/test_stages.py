@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from planning_student import save_student
@@ -17,6 +18,9 @@ from tiny import CORPUS, read_json, write_recipe
 from surgery.cli import main
 from surgery.compile import compile_file
 from surgery.artifact import MANIFEST
+from surgery.errors import SurgeryError
+from surgery.stages import Context
+from surgery.stages import report as report_stage
 
 BLOCKS = """patch {
     order klpatch
@@ -73,7 +77,7 @@ def test_emit_counts_its_models_on_the_console(recipe):
 
     from rich.console import Console
 
-    from surgery.stages import Context, emit
+    from surgery.stages import emit
 
     assert main(["plan", str(recipe), "--compare", "none", "--device", "cpu"]) == 0
     screen = io.StringIO()
@@ -107,6 +111,20 @@ def test_evaluate_scores_what_emit_wrote_and_finds_stale_artifacts(recipe, teach
     scored = [m["dir"] for m in evaluation["models"] if m["kind"] != "student"]  # the last size is the teacher
     assert scored == [str(recipe.parent / d) for d in emitted]
     assert all(m["scores"]["perplexity"] > 1 for m in evaluation["models"])
+
+    # The report is written whole each time, over its own folder and never over another.
+    folder = recipe.parent / "run" / "report"
+    assert main(["evaluate", str(recipe)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["curve.png", "manifest.json", "results.json", "results.md"]
+    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".report")]
+    compiled = compile_file(recipe)
+    shutil.rmtree(folder)
+    folder.mkdir()
+    (folder / "results.md").write_text("mine")  # appears after the check, before the write
+    with pytest.raises(SurgeryError, match="is a folder surgery did not write, and the report replaces it whole"):
+        report_stage.run(Context(compiled))
+    assert [p.name for p in folder.iterdir()] == ["results.md"] and (folder / "results.md").read_text() == "mine"
+    shutil.rmtree(folder)
 
     # Another student in the same place: everything made from the old one is stale.
     save_student(teachers("qwen3", layers=8, tied=True), compile_file(recipe).graph,

@@ -58,7 +58,6 @@ def load(arguments: list[str]) -> list[Run]:
 
 def _record_paths(argument: str) -> tuple[list[Path], str]:
     """Where the evaluation record a recipe or a directory names would be, and the run's label."""
-    from surgery.stages import run_dir
     from surgery.stages.evaluate import EVALUATION, in_run
 
     given = Path(argument)
@@ -68,7 +67,7 @@ def _record_paths(argument: str) -> tuple[list[Path], str]:
     elif given.is_file():
         from surgery.compile import compile_file
 
-        candidates, name = [in_run(run_dir(compile_file(given))) / EVALUATION], given.stem
+        candidates, name = [in_run(compile_file(given).run_dir) / EVALUATION], given.stem
     else:
         raise SurgeryError(f"no recipe or run directory {argument}",
                            hint="give .boom recipes or the run directories their evaluation.json is in")

@@ -29,16 +29,6 @@ from surgery.materialize.writer import STUDENT_CONFIG
 from surgery.durable import write_atomic
 
 
-def run_dir(compiled: Compiled) -> Path:
-    """Where a recipe's run keeps its artifacts: the parent of its student directory."""
-    return compiled.student_dir.parent
-
-
-def report_dir(compiled: Compiled) -> Path:
-    block = compiled.recipe.evaluate
-    return compiled.recipe.resolve(block.report) if block and block.report else run_dir(compiled) / "report"
-
-
 @dataclass
 class Context:
     """One recipe's stages: the compiled recipe, where its artifacts go, a digest memo, a console."""
@@ -70,11 +60,11 @@ class Context:
 
     @property
     def run_dir(self) -> Path:
-        return run_dir(self.compiled)
+        return self.compiled.run_dir
 
     @property
     def report_dir(self) -> Path:
-        return report_dir(self.compiled)
+        return self.compiled.report_dir
 
     @property
     def teacher_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from surgery.stages import Context
@@ -17,11 +18,24 @@ def inputs(ctx: Context) -> dict:
 
 
 def run(ctx: Context) -> list[Path]:
+    """Write the report as a whole directory, swapped into place: an interrupted write leaves the
+    previous report, and a folder surgery did not write is never replaced (checked at `check` too)."""
+    from surgery import durable, outputs
     from surgery.evaluate import report
+    from surgery.fingerprint import digest_bytes
 
-    paths = report.write(evaluation.record(ctx), ctx.report_dir)
-    ctx.write_artifact(ctx.report_dir, NAME, inputs(ctx), files={p.name: ctx.digests.file(p) for p in paths})
-    return paths
+    out = ctx.report_dir
+    durable.clean(out)  # what a killed write left beside it
+    outputs.check_report_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = durable.temp_dir(out)
+    try:
+        written = report.write(evaluation.record(ctx), tmp)
+        ctx.write_artifact(tmp, NAME, inputs(ctx), files={p.name: digest_bytes(p.read_bytes()) for p in written})
+        durable.swap_into_place(tmp, out, sync=False)  # rendered again from the evaluation record at will
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out / p.name for p in written]
 
 
 def intact(ctx: Context, found) -> bool:
