@@ -74,23 +74,25 @@ def check_report(compiled, emitted=()) -> Path:
         raise SurgeryError(f"the report directory {out} is inside the run directory {run}, where the stages keep "
                            "their outputs", file=file, pos=pos,
                            hint=f"leave `report` out to use {run / 'report'}, or name a folder outside {run}")
-    check_report_replaceable(out, file=file, pos=pos)
+    check_own_folder(out, "report", "the report directory", file=file, pos=pos,
+                     hint="name a new or empty folder in `report`")
     return out
 
 
-def check_report_replaceable(out: Path, *, file: Path | None = None, pos: Pos | None = None) -> None:
-    """Refuse a report directory that is there and is neither empty nor a report surgery wrote."""
+def check_own_folder(out: Path, stage: str, what: str, *, file: Path | None = None, pos: Pos | None = None,
+                     hint: str = "name a new or empty folder") -> None:
+    """Refuse `out`, which `stage` replaces whole, when it is there and is neither empty nor what
+    `stage` wrote before (its manifest says so)."""
     if not (out.exists() or out.is_symlink()):
         return
     if out.is_dir() and not out.is_symlink():
         found = artifact.read(out)
-        if (found is not None and found.stage == "report") or not any(out.iterdir()):
+        if (found is not None and found.stage == stage) or not any(out.iterdir()):
             return
-        what = "a folder surgery did not write"
+        kind = "a folder surgery did not write"
     else:
-        what = "a symbolic link" if out.is_symlink() else "a file"
-    raise SurgeryError(f"the report directory {out} is {what}, and the report replaces it whole", file=file, pos=pos,
-                       hint="name a new or empty folder in `report`")
+        kind = "a symbolic link" if out.is_symlink() else "a file"
+    raise SurgeryError(f"{what} {out} is {kind}, and {stage} replaces it whole", file=file, pos=pos, hint=hint)
 
 
 def check_replaceable(out: Path) -> None:

@@ -198,3 +198,22 @@ def test_same_names_are_told_apart_by_their_paths(tmp_path):
     a = run_dir(tmp_path, "x/demo", five_layers())
     b = run_dir(tmp_path, "y/demo", seven_layers())
     assert [r.label for r in compare.load([str(a), str(b)])] == [str(a), str(b)]
+
+
+def test_out_is_a_folder_of_its_own_and_a_user_folder_is_never_replaced(tmp_path, capsys):
+    run = str(run_dir(tmp_path, "five", five_layers()))
+    out = tmp_path / "out"
+    assert main(["compare", run, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["compare.md", "compare.png", "compare.svg", "manifest.json"]
+    assert main(["compare", run, "--out", str(out)]) == 0  # its own folder: replaced whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "compare.md").write_text("mine")
+    capsys.readouterr()
+    assert main(["compare", run, "--out", str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: the compare folder {mine} is a folder surgery did not write, and compare "
+                                "replaces it whole", "  hint: give --out a new or empty folder"], err
+    assert [p.name for p in mine.iterdir()] == ["compare.md"] and (mine / "compare.md").read_text() == "mine"

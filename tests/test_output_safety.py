@@ -69,7 +69,7 @@ EMIT_M = 'emit "out/m" {\n}\n\n'
     ("out", "the report directory {d}/out holds the emit path ({d}/out/m)"),
     ("out/m/report", "the report directory {d}/out/m/report is inside the emit path {d}/out/m"),
     ("run/evaluation", "the report directory {d}/run/evaluation is inside the run directory {d}/run"),
-    ("mine", "the report directory {d}/mine is a folder surgery did not write, and the report replaces it whole"),
+    ("mine", "the report directory {d}/mine is a folder surgery did not write, and report replaces it whole"),
     ("afile", "the report directory {d}/afile is a file"),
 ])
 def test_dangerous_report_paths_are_refused_at_check_with_the_line(tmp_path, capsys, report_path, message):

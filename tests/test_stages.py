@@ -121,7 +121,7 @@ def test_evaluate_scores_what_emit_wrote_and_finds_stale_artifacts(recipe, teach
     shutil.rmtree(folder)
     folder.mkdir()
     (folder / "results.md").write_text("mine")  # appears after the check, before the write
-    with pytest.raises(SurgeryError, match="is a folder surgery did not write, and the report replaces it whole"):
+    with pytest.raises(SurgeryError, match="is a folder surgery did not write, and report replaces it whole"):
         report_stage.run(Context(compiled))
     assert [p.name for p in folder.iterdir()] == ["results.md"] and (folder / "results.md").read_text() == "mine"
     shutil.rmtree(folder)

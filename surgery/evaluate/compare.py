@@ -8,9 +8,11 @@ recipe, resolved to its run directory as `surgery run` does, or by the directory
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from surgery import artifact, durable, outputs
 from surgery.durable import write_atomic
 from surgery.errors import SurgeryError
 from surgery.evaluate import report
@@ -188,13 +190,23 @@ def plot(runs: list[Run], fmt: str) -> bytes:
 
 
 def write(runs: list[Run], out_dir: Path) -> list[Path]:
-    """compare.md, and compare.png and compare.svg when some run has perplexity; their paths."""
+    """compare.md, and compare.png and compare.svg when some run has perplexity, with a manifest, as
+    the folder `out_dir`, swapped into place whole; their paths. A folder already there that is not
+    empty and not one `surgery compare` wrote is refused, not replaced."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "compare.md"]
-    write_atomic(paths[0], markdown(runs))
+    durable.clean(out_dir)  # what a killed write left beside it
+    outputs.check_own_folder(out_dir, "compare", "the compare folder", hint="give --out a new or empty folder")
+    files = {"compare.md": markdown(runs)}
     if "perplexity" in metrics(runs):
-        for fmt in ("png", "svg"):
-            paths.append(out_dir / f"compare.{fmt}")
-            write_atomic(paths[-1], plot(runs, fmt))
-    return paths
+        files.update({f"compare.{fmt}": plot(runs, fmt) for fmt in ("png", "svg")})
+    made = artifact.manifest("compare", recipe_path=None, recipe_sha256=None,
+                             inputs={"runs": [str(run.path) for run in runs]})
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = durable.temp_dir(out_dir)
+    try:
+        for name, data in {**files, artifact.MANIFEST: json.dumps(made, indent=1) + "\n"}.items():
+            write_atomic(tmp / name, data)
+        durable.swap_into_place(tmp, out_dir, sync=False)  # read from the runs again at will
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out_dir / name for name in files]

@@ -26,7 +26,7 @@ def run(ctx: Context) -> list[Path]:
 
     out = ctx.report_dir
     durable.clean(out)  # what a killed write left beside it
-    outputs.check_report_replaceable(out)
+    outputs.check_own_folder(out, NAME, "the report directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = durable.temp_dir(out)
     try:
