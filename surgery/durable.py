@@ -6,7 +6,8 @@ swap if a crash fell between them, and `clean` also removes what a killed run le
 target: `.NAME.XXXXXXXX.tmp` and `.NAME.XXXXXXXX.scratch` directories (the names `temp_dir`
 gives) and `.NAME.old`. Nothing of another name is touched. One run writes one target at a time.
 
-`write_atomic` does the same for one file (a manifest, a report, a command's output).
+`rewrite` is the whole dance for a directory written in one go (a plan, a report), and
+`write_atomic` does the same for one file (a manifest, a command's output).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from surgery.errors import SurgeryError, os_error
@@ -70,6 +73,24 @@ def swap_into_place(tmp: Path, out: Path, *, sync: bool = True) -> None:
     if sync:
         sync_dir(out.parent)
     _remove(old)
+
+
+@contextmanager
+def rewrite(out: Path) -> Iterator[Path]:
+    """Write the directory `out` whole: the block fills the new directory it is given, which then
+    replaces `out`. What a killed write left beside `out` goes first. No fsync: what is written
+    this way (a plan, a report) is made again from its inputs at will."""
+    clean(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(out)
+    except OSError as err:
+        raise os_error(err, f"cannot write {out}", out.parent) from None
+    try:
+        yield tmp
+        swap_into_place(tmp, out, sync=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def recover(out: Path) -> None:

@@ -54,3 +54,19 @@ def test_clean_removes_only_the_leftovers_surgery_names(tmp_path):
     _dir(tmp_path / ".out.old", a="older")
     durable.clean(out)  # `out` is whole: the one aside goes
     assert (out / "a").read_text() == "old" and not (tmp_path / ".out.old").exists()
+
+
+def test_rewrite_replaces_the_folder_whole_or_leaves_it_as_it_was(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    try:
+        with durable.rewrite(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise KeyboardInterrupt  # killed halfway
+    except KeyboardInterrupt:
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["report"] and [p.name for p in out.iterdir()] == ["old.txt"]
+    with durable.rewrite(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["report"] and [p.name for p in out.iterdir()] == ["new.txt"]

@@ -91,6 +91,23 @@ def test_a_new_or_empty_report_directory_and_the_default_are_accepted(tmp_path, 
     assert main(["check", str(recipe)]) == 0
 
 
+@pytest.mark.parametrize("out, message", [
+    (".", "the plan folder {d} holds the recipe ({d}/r.boom)"),
+    ("t", "the plan folder is the teacher's directory ({d}/t)"),
+    ("mine", "the plan folder {d}/mine is a folder surgery did not write, and plan replaces it whole"),
+])
+def test_plan_out_never_replaces_what_surgery_did_not_write(tmp_path, capsys, out, message):
+    recipe = write(tmp_path, HEAD + STUDENT)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "schedule.json").write_text("mine")
+    line = _error(capsys, ["plan", str(recipe), "--out", str(tmp_path / out), "--compare", "none"])
+    assert line == "error: " + message.format(d=tmp_path), line
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["schedule.json"]
+    assert main(["plan", str(recipe), "--out", str(tmp_path / "new"), "--compare", "none"]) == 0
+    assert main(["plan", str(recipe), "--out", str(tmp_path / "new"), "--compare", "none"]) == 0  # its own: again
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["manifest.json", "schedule.json"]
+
+
 @pytest.mark.parametrize("student_path, message", [
     ("", "the student directory {d} holds the recipe"),
     ("..", "the student directory {d.parent} holds the recipe"),

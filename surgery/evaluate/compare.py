@@ -8,7 +8,6 @@ recipe, resolved to its run directory as `surgery run` does, or by the directory
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,19 +193,13 @@ def write(runs: list[Run], out_dir: Path) -> list[Path]:
     the folder `out_dir`, swapped into place whole; their paths. A folder already there that is not
     empty and not one `surgery compare` wrote is refused, not replaced."""
     out_dir = Path(out_dir)
-    durable.clean(out_dir)  # what a killed write left beside it
     outputs.check_own_folder(out_dir, "compare", "the compare folder", hint="give --out a new or empty folder")
     files = {"compare.md": markdown(runs)}
     if "perplexity" in metrics(runs):
         files.update({f"compare.{fmt}": plot(runs, fmt) for fmt in ("png", "svg")})
     made = artifact.manifest("compare", recipe_path=None, recipe_sha256=None,
                              inputs={"runs": [str(run.path) for run in runs]})
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = durable.temp_dir(out_dir)
-    try:
+    with durable.rewrite(out_dir) as tmp:
         for name, data in {**files, artifact.MANIFEST: json.dumps(made, indent=1) + "\n"}.items():
             write_atomic(tmp / name, data)
-        durable.swap_into_place(tmp, out_dir, sync=False)  # read from the runs again at will
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return [out_dir / name for name in files]

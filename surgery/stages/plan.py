@@ -7,9 +7,11 @@ read the sizes from it when the recipe's order chooses by measurement.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from surgery import outputs
 from surgery.schedule import MEASURED_ORDERS, Step
 from surgery.stages import Context
 
@@ -41,6 +43,8 @@ def run(ctx: Context, *, compare=(), out: Path | None = None):
     from surgery.planning.choose import choose
 
     recipe = ctx.recipe
+    folder = directory(ctx) if out is None else outputs.check_output(ctx.compiled, out, what="the plan folder")
+    outputs.check_own_folder(folder, NAME, "the plan folder", hint="give --out a new or empty folder")
     note = models.missing(ctx.compiled) if measured(ctx) or compare else None
     if measured(ctx) and note is not None:
         raise ctx.error(f"cannot plan `order {recipe.patch.order}`: {note}", pos=recipe.patch.pos,
@@ -53,20 +57,17 @@ def run(ctx: Context, *, compare=(), out: Path | None = None):
     result = choose(ctx.compiled, measure, compare, info, note)
     if loaded is not None:
         info["passes"] = round(loaded.measurer.passes, 2)
-    directory_ = Path(out) if out is not None else directory(ctx)
-    from surgery.durable import write_atomic
+    from surgery.durable import rewrite, write_atomic
 
-    directory_.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory_ / SCHEDULE, json.dumps(result.to_json(), indent=1) + "\n")
-    if result.curves:
-        from surgery.planning.plot import size_curves
+    with rewrite(folder) as tmp:
+        write_atomic(tmp / SCHEDULE, json.dumps(result.to_json(), indent=1) + "\n")
+        if result.curves:
+            from surgery.planning.plot import size_curves
 
-        points = {name: [(e.params, e.kl) for e in entries] for name, entries in result.curves.items()}
-        write_atomic(directory_ / "schedule.png",
-                     size_curves(points, f"{recipe.path.name}: KL to the teacher by size"))
-    made = ctx.write_artifact(directory_, NAME, inputs(ctx),
-                              steps=[[e.step, sorted(e.patched)] for e in result.steps])
-    return made, result
+            points = {name: [(e.params, e.kl) for e in entries] for name, entries in result.curves.items()}
+            write_atomic(tmp / "schedule.png", size_curves(points, f"{recipe.path.name}: KL to the teacher by size"))
+        made = ctx.write_artifact(tmp, NAME, inputs(ctx), steps=[[e.step, sorted(e.patched)] for e in result.steps])
+    return dataclasses.replace(made, path=folder), result
 
 
 def steps(ctx: Context) -> tuple[Step, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from surgery.stages import Context
@@ -25,16 +24,10 @@ def run(ctx: Context) -> list[Path]:
     from surgery.fingerprint import digest_bytes
 
     out = ctx.report_dir
-    durable.clean(out)  # what a killed write left beside it
     outputs.check_own_folder(out, NAME, "the report directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = durable.temp_dir(out)
-    try:
+    with durable.rewrite(out) as tmp:
         written = report.write(evaluation.record(ctx), tmp)
         ctx.write_artifact(tmp, NAME, inputs(ctx), files={p.name: digest_bytes(p.read_bytes()) for p in written})
-        durable.swap_into_place(tmp, out, sync=False)  # rendered again from the evaluation record at will
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return [out / p.name for p in written]
 
 
