@@ -142,6 +142,7 @@ def _placeholders(emit) -> set[str]:
 
 def _check_paths(compiled: Compiled) -> None:
     outputs.check_student(compiled)
+    outputs.check_run_files(compiled)
     emit = compiled.recipe.emit
     emitted = []
     if emit is not None:

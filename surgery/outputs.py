@@ -9,12 +9,37 @@ writes, so an output path given on the command line is covered too.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from surgery import artifact
 from surgery.errors import SurgeryError
 from surgery.graph import Assembly
 from surgery.recipe.ast import Pos
+
+
+# The files a run keeps in its run directory (the student's parent) beside the stages' folders,
+# which `_written_by_surgery` tells from a user's: the run directory may hold other files too.
+STATE, RUN_RECORD, METRICS, DIGESTS = "state.json", "run.yaml", "metrics.jsonl", "digests.json"
+
+
+def _written_by_surgery(path: Path) -> bool:
+    """Whether the run file at `path` has the shape surgery writes it in."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.name == RUN_RECORD:
+                return f.readline().startswith("surgery: ")
+            if path.name == METRICS:  # possibly long: its first lines
+                lines = [json.loads(line) for line, _ in zip(f, range(3))]
+                return all(isinstance(line, dict) and "time" in line for line in lines)
+            data = json.load(f)
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return False
+    if path.name == STATE:
+        return isinstance(data, dict) and isinstance(data.get("stages"), dict)
+    return isinstance(data, dict) and all(isinstance(v, list) and len(v) == 4 for v in data.values())  # DIGESTS
 
 
 def resolved(path) -> Path:
@@ -46,6 +71,20 @@ def emit_paths(compiled, steps=None) -> list[tuple[Assembly, Path]]:
                                file=compiled.recipe.path, pos=emit.pos,
                                hint="add a placeholder that tells them apart, e.g. {patched}")
     return [(assembly, out) for out, assembly in seen.items()]
+
+
+def check_run_files(compiled) -> None:
+    """Refuse a run directory holding a file by the name of one a run keeps there, which surgery
+    did not write: it would be overwritten."""
+    run = compiled.run_dir
+    for name in (RUN_RECORD, STATE, METRICS, DIGESTS):
+        path = run / name
+        if (path.exists() or path.is_symlink()) and not _written_by_surgery(path):
+            raise SurgeryError(f"the run directory {run} holds a {name} that surgery did not write, and a run "
+                               f"writes its own {name} there", file=compiled.recipe.path,
+                               pos=compiled.recipe.student.pos,
+                               hint='give the student a folder of its own, e.g. `student "runs/NAME/student"`: '
+                                    "the student's parent is the run directory")
 
 
 def check_student(compiled, also: tuple[tuple[str, Path], ...] = ()) -> Path:

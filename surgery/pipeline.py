@@ -30,11 +30,11 @@ from surgery.durable import write_atomic
 from surgery.compile import Compiled
 from surgery.errors import SurgeryError
 from surgery.fingerprint import canonical, digest_bytes, digest_value
+from surgery.outputs import METRICS, RUN_RECORD, STATE
 from surgery.schedule import Step
 from surgery.stages import Context, distill, emit, evaluate, init_student, plan, prepare, report
 
 STAGES = ("check", "init-student", "prepare", "distill", "plan", "emit", "evaluate", "report")
-STATE, RUN_RECORD, METRICS = "state.json", "run.yaml", "metrics.jsonl"
 
 
 class Run:

@@ -91,6 +91,31 @@ def test_a_new_or_empty_report_directory_and_the_default_are_accepted(tmp_path, 
     assert main(["check", str(recipe)]) == 0
 
 
+@pytest.mark.parametrize("name, text", [
+    ("run.yaml", "experiment: mine\n"),
+    ("state.json", '{"mine": true}'),
+    ("metrics.jsonl", '{"loss": 1.0}\n'),
+    ("digests.json", '{"a": "mine"}'),
+    ("digests.json", "not json"),
+])
+def test_a_run_directory_holding_a_users_run_file_is_refused_at_check(tmp_path, capsys, name, text):
+    recipe = write(tmp_path, HEAD + 'student "student" {\n    keep 0, 2, 4\n}\n')  # run directory: tmp_path
+    (tmp_path / name).write_text(text)
+    line = _error(capsys, ["check", str(recipe)])
+    assert line == (f"{recipe}:5:1: error: the run directory {tmp_path} holds a {name} that surgery did not write, "
+                    f"and a run writes its own {name} there"), line
+    assert (tmp_path / name).read_text() == text
+
+
+def test_run_files_surgery_wrote_are_accepted(tmp_path, capsys):
+    recipe = write(tmp_path, HEAD + 'student "student" {\n    keep 0, 2, 4\n}\n')
+    (tmp_path / "run.yaml").write_text("surgery: 0.1.0\nrecipe: {}\n")
+    (tmp_path / "state.json").write_text('{"stages": {}}')
+    (tmp_path / "metrics.jsonl").write_text('{"time": "2026-12-01T00:00:00+00:00", "stage": "check"}\n')
+    (tmp_path / "digests.json").write_text('{"/x": [1, 2, 3, "ab"]}')
+    assert main(["check", str(recipe)]) == 0
+
+
 @pytest.mark.parametrize("out, message", [
     (".", "the plan folder {d} holds the recipe ({d}/r.boom)"),
     ("t", "the plan folder is the teacher's directory ({d}/t)"),

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from surgery.errors import SurgeryError
+from surgery.outputs import METRICS
 
 
 class Reporter:
@@ -19,7 +20,7 @@ class Reporter:
                  tensorboard: bool = False):
         self.enabled = enabled
         self.console = Console(stderr=True)
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self.progress = None
         self.writer = None
         self._last = None

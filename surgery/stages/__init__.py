@@ -26,6 +26,7 @@ from surgery.compile import Compiled
 from surgery.errors import Pos, SurgeryError
 from surgery.fingerprint import Digests, canonical, digest_bytes, digest_value
 from surgery.materialize.writer import STUDENT_CONFIG
+from surgery.outputs import DIGESTS
 from surgery.durable import write_atomic
 
 
@@ -39,7 +40,7 @@ class Context:
     digests: Digests = field(init=False)
 
     def __post_init__(self):
-        self.digests = Digests(self.run_dir / "digests.json")
+        self.digests = Digests(self.run_dir / DIGESTS)
 
     @cached_property
     def console(self):
