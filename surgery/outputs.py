@@ -18,8 +18,10 @@ from surgery.graph import Assembly
 from surgery.recipe.ast import Pos
 
 
-# The files a run keeps in its run directory (the student's parent) beside the stages' folders,
-# which `_written_by_surgery` tells from a user's: the run directory may hold other files too.
+# What a run keeps in its run directory (the student's parent) besides the student: the stages'
+# folders, and files that `_written_by_surgery` tells from a user's (the folder may hold others).
+SCHEDULE_DIR, EMIT_DIR, EVALUATION_DIR = "schedule", "emit", "evaluation"
+PRUNED_STUDENT, NAIVE_DIR = "pruned-student", "naive-pruning"  # the naive-pruning baseline's models
 STATE, RUN_RECORD, METRICS, DIGESTS = "state.json", "run.yaml", "metrics.jsonl", "digests.json"
 
 
@@ -99,8 +101,8 @@ def check_student(compiled, also: tuple[tuple[str, Path], ...] = ()) -> Path:
 def check_report(compiled, emitted=()) -> Path:
     """The report directory, resolved, or a SurgeryError at the `evaluate` block. The report is
     written as a whole directory, like a model, so it may not be or hold what the recipe reads or
-    an emit path, nor be inside the student's directory or a model; inside the run directory, where
-    the stages keep their outputs, it is the `report` folder. One already there must be surgery's."""
+    an emit path, nor be inside the student's directory, a model or a stage's folder in the run
+    directory. One already there must be surgery's."""
     pos, file = compiled.recipe.evaluate.pos, compiled.recipe.path
     out = _check(resolved(compiled.report_dir), _guarded(compiled, tuple(("emit path", p) for p in emitted)),
                  compiled, "the report directory", pos)
@@ -109,10 +111,11 @@ def check_report(compiled, emitted=()) -> Path:
             raise SurgeryError(f"the report directory {out} is inside the emit path {model}", file=file, pos=pos,
                                hint="write it into a directory of its own")
     run = compiled.run_dir.resolve()
-    if run in out.parents and out != run / "report":
-        raise SurgeryError(f"the report directory {out} is inside the run directory {run}, where the stages keep "
-                           "their outputs", file=file, pos=pos,
-                           hint=f"leave `report` out to use {run / 'report'}, or name a folder outside {run}")
+    for name in (SCHEDULE_DIR, EMIT_DIR, EVALUATION_DIR, PRUNED_STUDENT, NAIVE_DIR):
+        if out == run / name or run / name in out.parents:
+            raise SurgeryError(f"the report directory {out} is {'' if out == run / name else 'inside '}the run "
+                               f"directory's `{name}` folder, where a stage keeps its output", file=file, pos=pos,
+                               hint=f"leave `report` out to use {run / 'report'}")
     check_own_folder(out, "report", "the report directory", file=file, pos=pos,
                      hint="name a new or empty folder in `report`")
     return out

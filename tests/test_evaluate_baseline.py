@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from surgery.compile import compile_file
+from surgery import outputs
 from surgery.evaluate import baseline
 from tiny import write_recipe
 
@@ -21,7 +22,7 @@ def test_naive_model_is_the_teacher_with_layers_dropped(teachers, tmp_path, init
     g = compiled.graph
     run_dir = compiled.student_dir.parent
 
-    pruned = baseline.write_pruned_student(compiled, run_dir / baseline.PRUNED_STUDENT)
+    pruned = baseline.write_pruned_student(compiled, run_dir / outputs.PRUNED_STUDENT)
     assert pruned == (run_dir / "pruned-student").resolve()
     # A "distilled" student: the recipe's student directory, with every tensor changed.
     from surgery.materialize import init_student

@@ -68,7 +68,8 @@ EMIT_M = 'emit "out/m" {\n}\n\n'
     ("run/student/report", "the report directory {d}/run/student/report is inside the student's directory"),
     ("out", "the report directory {d}/out holds the emit path ({d}/out/m)"),
     ("out/m/report", "the report directory {d}/out/m/report is inside the emit path {d}/out/m"),
-    ("run/evaluation", "the report directory {d}/run/evaluation is inside the run directory {d}/run"),
+    ("run/evaluation", "the report directory {d}/run/evaluation is the run directory's `evaluation` folder"),
+    ("run/schedule/r", "the report directory {d}/run/schedule/r is inside the run directory's `schedule` folder"),
     ("mine", "the report directory {d}/mine is a folder surgery did not write, and report replaces it whole"),
     ("afile", "the report directory {d}/afile is a file"),
 ])
@@ -83,7 +84,7 @@ def test_dangerous_report_paths_are_refused_at_check_with_the_line(tmp_path, cap
     assert (tmp_path / "mine" / "notes.md").read_text() == "mine" and (tmp_path / "afile").read_text() == "mine"
 
 
-@pytest.mark.parametrize("report_path", ["run/report", "elsewhere/report", "empty"])
+@pytest.mark.parametrize("report_path", ["run/report", "run/results", "elsewhere/report", "empty"])
 def test_a_new_or_empty_report_directory_and_the_default_are_accepted(tmp_path, capsys, report_path):
     (tmp_path / "empty").mkdir()
     recipe = write(tmp_path, HEAD + STUDENT + ONE_SIZE + EMIT_M +

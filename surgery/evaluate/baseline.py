@@ -13,9 +13,8 @@ import dataclasses
 from pathlib import Path
 
 from surgery.graph import Assembly
+from surgery.outputs import NAIVE_DIR
 
-PRUNED_STUDENT = "pruned-student"  # in the run directory
-NAIVE_DIR = "naive-pruning"
 
 
 def pruned_compiled(compiled, directory: Path):

@@ -24,7 +24,8 @@ class Entry:
 def lineup(compiled, emitted: list[tuple[Assembly, Path]], teacher_dir: Path, baseline_run: Path | None) -> list[Entry]:
     """Student, emitted sizes and teacher. `baseline_run` is the run directory when the
     naive-pruning baseline is wanted (its models live there), else None."""
-    from surgery.evaluate.baseline import PRUNED_STUDENT, naive_dir
+    from surgery.evaluate.baseline import naive_dir
+    from surgery.outputs import PRUNED_STUDENT
 
     g = compiled.graph
     models = {frozenset(): (g.student, compiled.student_dir)}

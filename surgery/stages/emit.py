@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from surgery.graph import STUDENT, Assembly
+from surgery.outputs import EMIT_DIR
 from surgery.schedule import Step
 from surgery.stages import Context
 from surgery.stages import plan as planning
@@ -19,7 +20,7 @@ NAME = "emit"
 
 
 def directory(ctx: Context) -> Path:
-    return ctx.run_dir / "emit"
+    return ctx.run_dir / EMIT_DIR
 
 
 def uses_student(assembly: Assembly) -> bool:

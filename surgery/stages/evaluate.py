@@ -13,6 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from surgery.outputs import EVALUATION_DIR
 from surgery.stages import Context
 from surgery.stages import emit as emitting
 
@@ -26,7 +27,7 @@ def directory(ctx: Context) -> Path:
 
 def in_run(run: Path) -> Path:
     """The evaluation artifact's directory in a run directory."""
-    return Path(run) / "evaluation"
+    return Path(run) / EVALUATION_DIR
 
 
 def skip_reason(ctx: Context) -> str | None:
@@ -83,7 +84,8 @@ def run(ctx: Context, *, log=lambda event: None):
             raise ctx.error(f"no {e.name} model at {e.directory}",
                             hint=f"run `surgery run {ctx.recipe.path}` to make every model first")
     if wants_baseline(ctx):  # the untrained student, then each size built from it; up-to-date ones are left alone
-        from surgery.evaluate.baseline import PRUNED_STUDENT, write_naive, write_pruned_student
+        from surgery.evaluate.baseline import write_naive, write_pruned_student
+        from surgery.outputs import PRUNED_STUDENT
 
         pruned = ctx.run_dir / PRUNED_STUDENT
         write_pruned_student(ctx.compiled, pruned)

@@ -20,7 +20,7 @@ SCHEDULE = "schedule.json"
 
 
 def directory(ctx: Context) -> Path:
-    return ctx.run_dir / "schedule"
+    return ctx.run_dir / outputs.SCHEDULE_DIR
 
 
 def measured(ctx: Context) -> bool:
