@@ -6,8 +6,8 @@ swap if a crash fell between them, and `clean` also removes what a killed run le
 target: `.NAME.XXXXXXXX.tmp` and `.NAME.XXXXXXXX.scratch` directories (the names `temp_dir`
 gives) and `.NAME.old`. Nothing of another name is touched. One run writes one target at a time.
 
-`rewrite` is the whole dance for a directory written in one go (a plan, a report), and
-`write_atomic` does the same for one file (a manifest, a command's output).
+`rewrite` is the whole dance for a directory written in one go (a plan, a report, a
+comparison), and `write_atomic` does the same for one file (a manifest, a command's output).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def swap_into_place(tmp: Path, out: Path, *, sync: bool = True) -> None:
 def rewrite(out: Path) -> Iterator[Path]:
     """Write the directory `out` whole: the block fills the new directory it is given, which then
     replaces `out`. What a killed write left beside `out` goes first. No fsync: what is written
-    this way (a plan, a report) is made again from its inputs at will."""
+    this way (a plan, a report, a comparison) is made again from its inputs at will."""
     clean(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ from surgery.graph import Assembly
 from surgery.outputs import NAIVE_DIR
 
 
-
 def pruned_compiled(compiled, directory: Path):
     """`compiled` with the student written to `directory`, initialised from the teacher."""
     recipe = compiled.recipe

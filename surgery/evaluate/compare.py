@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from surgery import artifact, durable, outputs
-from surgery.durable import write_atomic
 from surgery.errors import SurgeryError
 from surgery.evaluate import report
 from surgery.recipe.units import format_count
@@ -201,5 +200,5 @@ def write(runs: list[Run], out_dir: Path) -> list[Path]:
                              inputs={"runs": [str(run.path) for run in runs]})
     with durable.rewrite(out_dir) as tmp:
         for name, data in {**files, artifact.MANIFEST: json.dumps(made, indent=1) + "\n"}.items():
-            write_atomic(tmp / name, data)
+            durable.write_atomic(tmp / name, data)
     return [out_dir / name for name in files]
